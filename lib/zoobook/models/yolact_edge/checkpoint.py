@@ -1,0 +1,130 @@
+"""YolactEdge weights: the official key layout, strict loading, and the golden weight recipe.
+
+The official file ``yolact_edge_resnet50_54_800000.pth`` is a plain ``torch.save`` of the
+reference module's state dict (354 keys, listed in ``assets/official_state_dict.json``).
+:func:`official_to_zoobook` maps those keys onto :class:`~.network.YolactEdge`; YOLACT-style
+``fpn.*`` keys are accepted too (renamed as the reference's ``load_weights`` does).
+
+Without the official file, the weights come from the recipe that produced the golden
+vectors (``shared/reference/yolact_edge/golden/README.md``): synthetic, meaningless as a
+detector, but bit-exact with the reference, so every backend can be checked against it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zoobook.checkpoints import file_sha256, load_strict, read_state_dict, state_digest
+from zoobook.models.yolact_edge.network import YolactEdge
+
+OFFICIAL_FILENAME = "yolact_edge_resnet50_54_800000.pth"
+
+_RULES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^fpn\.lat_layers\."), "fpn_phase_1.lat_layers."),  # YOLACT checkpoints
+    (re.compile(r"^fpn\.(?!lat_layers)"), "fpn_phase_2."),
+    (re.compile(r"^backbone\.layers\.(\d)\."), lambda m: f"backbone.layer{int(m[1]) + 1}."),
+    (re.compile(r"^fpn_phase_1\.lat_layers\.(\d)\."), lambda m: f"fpn.lateral.{('c5', 'c4', 'c3')[int(m[1])]}."),
+    (re.compile(r"^fpn_phase_2\.pred_layers\.(\d)\."), lambda m: f"fpn.output.{('p5', 'p4', 'p3')[int(m[1])]}."),
+    (re.compile(r"^fpn_phase_2\.downsample_layers\.(\d)\."), lambda m: f"fpn.extra.{('p6', 'p7')[int(m[1])]}."),
+    (re.compile(r"^proto_net\.(\d+)\."),
+     lambda m: "protonet." + {"0": "conv1", "2": "conv2", "4": "conv3", "8": "conv4", "10": "proto"}.get(m[1], f"unknown{m[1]}") + "."),
+    (re.compile(r"^prediction_layers\.0\.upfeature\.0\."), "head.upfeature."),
+    (re.compile(r"^prediction_layers\.0\.bbox_layer\."), "head.box."),
+    (re.compile(r"^prediction_layers\.0\.conf_layer\."), "head.cls."),
+    (re.compile(r"^prediction_layers\.0\.mask_layer\."), "head.coef."),
+    (re.compile(r"^semantic_seg_conv\."), "semantic_seg."),
+]
+
+
+def official_to_zoobook(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename official (or YOLACT-style) keys to this package's names. Pure; unknown keys pass
+    through unchanged so that the strict load reports them."""
+    mapped = {}
+    for key, value in state.items():
+        new = key
+        for pattern, replacement in _RULES:
+            new = pattern.sub(replacement, new, count=1)
+        mapped[new] = value
+    return mapped
+
+
+def load_official(model: YolactEdge, path: str | Path) -> list[str]:
+    """Load an official checkpoint strictly; returns the optional keys it lacked."""
+    state = read_state_dict(path)
+    return load_strict(model, official_to_zoobook(state), source=str(path))
+
+
+def _asset(name: str):
+    return resources.files("zoobook.models.yolact_edge") / "assets" / name
+
+
+@lru_cache(maxsize=1)
+def official_manifest() -> list[dict]:
+    """The 354 entries (key, shape, dtype, role) of the official state dict, in file order."""
+    return json.loads(_asset("official_state_dict.json").read_text())["entries"]
+
+
+def recipe_state_dict() -> dict[str, torch.Tensor]:
+    """The golden weights in the official layout, rebuilt from the recipe (about 1 s)."""
+    gains = json.loads(_asset("weights_recipe.json").read_text())["gains"]
+    with _asset("bn_running_stats.npz").open("rb") as handle:
+        bn_stats = dict(np.load(handle))
+    entries = official_manifest()
+    bn_modules = {e["key"].rsplit(".", 1)[0] for e in entries if e["key"].endswith(".running_mean")}
+    state = {}
+    for index, entry in enumerate(entries):
+        key, shape = entry["key"], tuple(entry["shape"])
+        module, leaf = key.rsplit(".", 1)
+        if leaf == "num_batches_tracked":
+            state[key] = torch.tensor(0, dtype=torch.int64)
+            continue
+        if leaf in ("running_mean", "running_var"):
+            state[key] = torch.from_numpy(bn_stats[key].astype(np.float32).reshape(shape))
+            continue
+        u = np.random.RandomState(index).random_sample(int(np.prod(shape)))
+        gain = gains.get(module, 1.0)
+        if module in bn_modules:
+            value = 0.5 + u if leaf == "weight" else (2 * u - 1) * 0.1
+        elif len(shape) == 4:
+            value = (2 * u - 1) * np.sqrt(6.0 / (shape[1] * shape[2] * shape[3])) * gain
+        else:
+            value = (2 * u - 1) * 0.05 * gain
+        state[key] = torch.from_numpy(value.astype(np.float32).reshape(shape))
+    return state
+
+
+def default_weights_path() -> Path:
+    from zoobook.paths import data_dir
+
+    return data_dir() / "weights" / OFFICIAL_FILENAME
+
+
+def build(weights: str | Path | None = None, *, allow_recipe: bool = True) -> tuple[YolactEdge, dict]:
+    """Build the network in eval mode with weights, and say where they came from.
+
+    ``weights``: an official checkpoint path; ``None`` uses ``data/weights/<official name>``
+    when present, else (if ``allow_recipe``) the golden recipe. Returns ``(model, provenance)``
+    with provenance ``{"kind": "official" | "recipe", "path", "sha256", "note"}``.
+    """
+    model = YolactEdge().eval()
+    path = Path(weights) if weights else default_weights_path()
+    if weights or path.is_file():
+        skipped = load_official(model, path)
+        provenance = {"kind": "official", "path": str(path), "sha256": file_sha256(path),
+                      "note": "official checkpoint" + (f"; absent optional keys: {skipped}" if skipped else "")}
+    elif allow_recipe:
+        state = recipe_state_dict()
+        load_strict(model, official_to_zoobook(state), source="recipe")
+        provenance = {"kind": "recipe", "path": None, "sha256": state_digest(state),
+                      "note": "synthetic golden-recipe weights (not trained): detections are "
+                              "meaningless as objects; backend agreement is what they check"}
+    else:
+        raise FileNotFoundError(f"{path}: official YolactEdge weights not found (this profile needs them)")
+    return model, provenance

@@ -1,0 +1,37 @@
+"""YolactEdge preprocessing, as the reference ``BaseTransform`` and the port's preprocess.py.
+
+Input: a BGR uint8 image ``[H, W, 3]`` as ``cv2.imread`` returns it. Output: float32
+``[3, 550, 550]`` RGB, resized *without* keeping the aspect ratio (bilinear, on the float
+image), normalised with the repository's own BGR mean/std (not torchvision's).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+INPUT_SIZE = 550
+MEAN_BGR = np.array([103.94, 116.78, 123.68], dtype=np.float32)
+STD_BGR = np.array([57.38, 57.12, 58.40], dtype=np.float32)
+
+
+def read_bgr(path: str | Path) -> np.ndarray:
+    """Read an image file as BGR uint8; a clear error when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: not a readable image")
+    return image
+
+
+def preprocess(image_bgr: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """BGR uint8 ``[H, W, 3]`` -> float32 RGB ``[3, size, size]``."""
+    if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
+        raise ValueError(f"expected a BGR image [H, W, 3], got shape {image_bgr.shape}")
+    resized = cv2.resize(image_bgr.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+    normalised = (resized - MEAN_BGR) / STD_BGR
+    return np.ascontiguousarray(normalised[:, :, ::-1].transpose(2, 0, 1))
