@@ -1,0 +1,37 @@
+"""YolactEdge R-50-FPN (COCO instance segmentation), as ported to Ascend.
+
+See ``network.py`` (graph), ``checkpoint.py`` (weights), ``preprocess.py``,
+``postprocess.py`` (heads, priors, fast NMS, masks) and ``pipeline.py`` (the stages).
+"""
+
+from zoobook.models.spec import GraphSpec, ModelSpec, Published
+
+_PORT = "Ascend/ModelZoo-PyTorch ACL_PyTorch/built-in/cv/YolactEdge_for_PyTorch README"
+
+GRAPH = GraphSpec(
+    inputs={"image": ("bs", 3, 550, 550)},
+    outputs={"output0": ("bs", 256, 69, 69), "output1": ("bs", 256, 35, 35), "output2": ("bs", 256, 18, 18),
+             "output3": ("bs", 256, 9, 9), "output4": ("bs", 256, 5, 5), "output5": ("bs", 138, 138, 32)},
+)
+
+SPEC = ModelSpec(
+    name="yolact_edge",
+    title="YolactEdge (ResNet-50 FPN)",
+    reference="haotian-liu/yolact_edge @ a9a0028, config yolact_edge_resnet50_config",
+    stages=("01-data", "02-export", "03-convert", "04-infer", "05-evaluate", "06-benchmark"),
+    graphs={"yolact_edge": GRAPH},
+    published=(
+        Published("COCO val2017 mAP (repo evaluator, 4952 images; most likely mask mAP)", 27.96, "mAP",
+                  "Ascend 310P, OM at ATC's default precision", _PORT, 1),
+        *(Published("throughput of the cut graph (ais_bench --loop 100)", fps, "FPS", "Ascend 310P", _PORT, bs)
+          for bs, fps in ((1, 270.35), (4, 201.08), (8, 175.41), (16, 178.71), (32, 183.77), (64, 183.11))),
+        Published("COCO mask mAP, TensorRT INT8/FP16 (repo README)", 27.0, "mAP", "Jetson AGX Xavier / RTX 2080 Ti",
+                  "haotian-liu/yolact_edge README", None),
+    ),
+    profiles={
+        "smoke": {"01-data": {"num_images": 3}, "03-convert": {"batch_sizes": [1]},
+                  "06-benchmark": {"batch_sizes": [1, 2], "iterations": 2, "warmup": 1, "end_to_end_images": 2}},
+        "default": {"01-data": {"num_images": 24}},
+        "full": {"01-data": {"num_images": 0, "require_real": True}, "02-export": {"require_official": True}},
+    },
+)

@@ -7,25 +7,14 @@ image), normalised with the repository's own BGR mean/std (not torchvision's).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
+
+from zoobook.data.images import read_bgr  # noqa: F401  (re-exported for notebooks)
 
 INPUT_SIZE = 550
 MEAN_BGR = np.array([103.94, 116.78, 123.68], dtype=np.float32)
 STD_BGR = np.array([57.38, 57.12, 58.40], dtype=np.float32)
-
-
-def read_bgr(path: str | Path) -> np.ndarray:
-    """Read an image file as BGR uint8; a clear error when it is missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: image file not found")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: not a readable image")
-    return image
 
 
 def preprocess(image_bgr: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:

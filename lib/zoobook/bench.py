@@ -1,0 +1,56 @@
+"""One timing loop for every model and backend.
+
+Candidates run interleaved, one call each in turn, so that whatever else the machine does
+falls on all of them alike. Warm-up calls are excluded. Latency statistics are per call (one
+batch); throughput = batch x 1000 / mean latency (ms), as ais_bench reports it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+from tqdm.auto import tqdm
+
+
+def latency_stats(times_ms: list[float] | np.ndarray, batch_size: int) -> dict:
+    times = np.asarray(times_ms, dtype=np.float64)
+    mean = float(times.mean())
+    return {"batch_size": batch_size, "calls": int(times.size), "mean_ms": mean,
+            "std_ms": float(times.std()), "min_ms": float(times.min()),
+            "p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90)),
+            "p99_ms": float(np.percentile(times, 99)), "throughput": batch_size * 1000.0 / mean}
+
+
+def benchmark(candidates: Mapping[str, Callable[[], object]], *, batch_size: int, warmup: int = 2,
+              iterations: int = 10, device_times: Mapping[str, Callable[[], list[float] | None]] | None = None,
+              progress: bool = True) -> list[dict]:
+    """Time each zero-argument callable in ``candidates`` ``iterations`` times, interleaved,
+    after ``warmup`` untimed rounds. ``device_times[name]()`` (optional) returns the device
+    compute times the backend measured for the timed calls (e.g. ais_bench's summary).
+    Returns one row per candidate with :func:`latency_stats` and ``device_*`` where known.
+    """
+    if iterations < 1:
+        raise ValueError("iterations must be at least 1")
+    for _ in range(warmup):
+        for run in candidates.values():
+            run()
+    if device_times:
+        for read in device_times.values():
+            read()  # discard the warm-up calls
+    timings: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in tqdm(range(iterations), desc=f"batch {batch_size}", disable=not progress, leave=False):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            run()
+            timings[name].append((time.perf_counter() - start) * 1000.0)
+    rows = []
+    for name, times in timings.items():
+        row = {"candidate": name, **latency_stats(times, batch_size)}
+        measured = device_times[name]() if device_times and name in device_times else None
+        if measured:
+            device = latency_stats(measured, batch_size)
+            row.update({f"device_{k}": v for k, v in device.items() if k.endswith("_ms") or k == "throughput"})
+        rows.append(row)
+    return rows

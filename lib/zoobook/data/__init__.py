@@ -1,0 +1,1 @@
+"""Dataset readers (real formats) and generators that write small sets in the same formats."""

@@ -1,0 +1,67 @@
+"""Export a traceable module to ONNX the way the ports do, then simplify and check it.
+
+Uses the TorchScript exporter (``dynamo=False``) at an opset ATC accepts (11 to 17),
+simplifies with onnxsim and validates with ``onnx.checker``. Names and shapes come from the
+model's graph spec so every port keeps its I/O contract.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ATC_OPSETS = range(11, 18)
+
+
+def export_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], path: str | Path, *,
+                input_names: list[str], output_names: list[str], opset: int = 11,
+                dynamic_batch: bool = True, simplify: bool = True) -> dict:
+    """Export ``module`` to ``path``; returns a summary (opset, node counts, simplified, size).
+
+    With ``dynamic_batch`` the first axis of every input and output is named ``bs`` (the port
+    exports that way and builds one static OM per batch size from it).
+    """
+    import onnx
+
+    if opset not in ATC_OPSETS:
+        raise ValueError(f"opset {opset} is outside what ATC accepts ({ATC_OPSETS.start}..{ATC_OPSETS.stop - 1})")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    axes = {name: {0: "bs"} for name in [*input_names, *output_names]} if dynamic_batch else None
+    tmp = path.with_suffix(".raw.onnx")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), example, str(tmp), input_names=input_names, output_names=output_names,
+                          opset_version=opset, dynamic_axes=axes, do_constant_folding=True, dynamo=False)
+    model = onnx.load(str(tmp))
+    raw_nodes = len(model.graph.node)
+    simplified = False
+    if simplify:
+        import onnxsim
+
+        model, simplified = onnxsim.simplify(model)
+        if not simplified:
+            raise RuntimeError(f"onnxsim could not validate the simplified graph of {path}")
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    tmp.unlink()
+    return {"path": str(path), "opset": opset, "nodes_raw": raw_nodes, "nodes": len(model.graph.node),
+            "simplified": simplified, "size_mb": round(path.stat().st_size / 2**20, 2),
+            "op_types": sorted({n.op_type for n in model.graph.node})}
+
+
+def onnx_io(path: str | Path) -> dict[str, dict[str, list]]:
+    """Input and output names with their shapes (symbolic dims as strings)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    initializers = {i.name for i in graph.initializer}
+    return {"inputs": {v.name: dims(v) for v in graph.input if v.name not in initializers},
+            "outputs": {v.name: dims(v) for v in graph.output}}

@@ -1,0 +1,1 @@
+"""Evaluators with ``reset() / process(inputs, outputs) / evaluate() -> dict``."""

@@ -1,0 +1,117 @@
+"""COCO bbox and segm AP with pycocotools, as an evaluator object.
+
+``process(samples, results)`` takes the dataset's sample dicts and one
+:class:`InstanceResult`-like object per sample (``boxes`` int pixel x1y1x2y2, ``classes``
+0..79, ``scores``, ``masks`` [N, H, W] bool). Results are converted the way the reference's
+``--output_coco_json`` writes them: COCO category ids through the label map, boxes as
+``[x, y, w, h]`` rounded to 0.1, masks as RLE, detections with an empty box dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from zoobook.data.coco_categories import COCO_CATEGORY_IDS
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def to_coco_results(image_id: int, result, category_ids: list[int] = COCO_CATEGORY_IDS) -> tuple[list, list]:
+    """One image's result -> (bbox records, segm records) in COCO results format."""
+    from pycocotools import mask as mask_utils
+
+    boxes, segms = [], []
+    for i in range(len(result.scores)):
+        x1, y1, x2, y2 = (int(v) for v in result.boxes[i])
+        if (x2 - x1) * (y2 - y1) <= 0:
+            continue
+        common = {"image_id": int(image_id), "category_id": int(category_ids[int(result.classes[i])]),
+                  "score": float(result.scores[i])}
+        boxes.append({**common, "bbox": [round(float(v) * 10) / 10 for v in (x1, y1, x2 - x1, y2 - y1)]})
+        rle = mask_utils.encode(np.asfortranarray(result.masks[i].astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        segms.append({**common, "segmentation": rle})
+    return boxes, segms
+
+
+def results_as_ground_truth(images: list[dict], bbox_results: list[dict], segm_results: list[dict]) -> dict:
+    """A COCO ground-truth dict whose objects are another model's detections (for agreement:
+    a backend scored against the PyTorch reference). ``images``: ``{id, height, width,
+    file_name}``. ``bbox_results`` and ``segm_results`` are parallel lists, as
+    :func:`to_coco_results` returns them."""
+    from pycocotools import mask as mask_utils
+
+    annotations = []
+    for i, (box, seg) in enumerate(zip(bbox_results, segm_results, strict=True)):
+        annotations.append({"id": i + 1, "image_id": seg["image_id"], "category_id": seg["category_id"],
+                            "bbox": box["bbox"], "segmentation": seg["segmentation"],
+                            "area": float(mask_utils.area(seg["segmentation"])), "iscrowd": 0})
+    categories = sorted({a["category_id"] for a in annotations} | set(COCO_CATEGORY_IDS))
+    return {"images": images, "annotations": annotations,
+            "categories": [{"id": c, "name": str(c)} for c in categories]}
+
+
+class CocoEvaluator:
+    """pycocotools COCOeval for ``iou_types`` over the images processed so far."""
+
+    def __init__(self, ground_truth: str | Path | dict, iou_types: tuple[str, ...] = ("bbox", "segm")) -> None:
+        from pycocotools.coco import COCO
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            if isinstance(ground_truth, dict):
+                self.coco = COCO()
+                self.coco.dataset = copy.deepcopy(ground_truth)
+                self.coco.createIndex()
+            else:
+                self.coco = COCO(str(ground_truth))
+        self.iou_types = iou_types
+        self.reset()
+
+    def reset(self) -> None:
+        self.results = {t: [] for t in ("bbox", "segm")}
+        self.image_ids: list[int] = []
+
+    def process(self, samples: list[dict], results: list) -> None:
+        for sample, result in zip(samples, results, strict=True):
+            boxes, segms = to_coco_results(sample["image_id"], result)
+            self.add(sample["image_id"], boxes, segms)
+
+    def add(self, image_id: int, bbox_results: list[dict], segm_results: list[dict]) -> None:
+        self.image_ids.append(int(image_id))
+        self.results["bbox"].extend(bbox_results)
+        self.results["segm"].extend(segm_results)
+
+    def evaluate(self) -> dict:
+        """``{iou_type: {AP, AP50, ..., summary}}``; AP is 0.0 when there is no detection."""
+        from pycocotools.cocoeval import COCOeval
+
+        metrics = {}
+        for iou_type in self.iou_types:
+            detections = self.results[iou_type]
+            if not detections:
+                metrics[iou_type] = {name: 0.0 for name in STAT_NAMES} | {"detections": 0}
+                continue
+            log = io.StringIO()
+            with contextlib.redirect_stdout(log):
+                found = self.coco.loadRes(copy.deepcopy(detections))
+                evaluator = COCOeval(self.coco, found, iou_type)
+                evaluator.params.imgIds = sorted(set(self.image_ids))
+                evaluator.evaluate()
+                evaluator.accumulate()
+                evaluator.summarize()
+            stats = [max(float(s), 0.0) if s != -1 else float("nan") for s in evaluator.stats]
+            metrics[iou_type] = dict(zip(STAT_NAMES, stats)) | {"detections": len(detections),
+                                                                 "summary": log.getvalue()}
+        return metrics
+
+    def dump(self, folder: str | Path, prefix: str = "") -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for iou_type, name in (("bbox", "bbox_detections.json"), ("segm", "mask_detections.json")):
+            (folder / f"{prefix}{name}").write_text(json.dumps(self.results[iou_type]))

@@ -1,0 +1,143 @@
+"""Stage records: one JSON file per model, profile and stage, written atomically.
+
+A record holds model, stage, profile, backend, device, status, timings, parameters,
+versions, git commit and provenance (weights and data), plus the stage's metrics and tables.
+The book's summary is built from these files alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoobook.paths import model_run_dir, project_root, runs_dir
+
+STATUSES = ("ok", "failed", "running")
+_PACKAGES = ("zoobook", "torch", "numpy", "onnx", "onnxruntime", "onnxsim", "opencv-python-headless",
+             "pycocotools", "papermill")
+
+
+def record_path(profile: str, model: str, stage: str) -> Path:
+    return model_run_dir(profile, model) / f"{stage}.json"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write JSON through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(_jsonable(data), handle, indent=1, sort_keys=False, allow_nan=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project_root(),
+                              capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project_root(),
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired, RuntimeError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def machine() -> dict:
+    from zoobook.backends.base import _cores, cpu_name
+
+    return {"host_cpu": cpu_name(), "cores": _cores(), "platform": platform.platform()}
+
+
+def read_record(profile: str, model: str, stage: str) -> dict | None:
+    path = record_path(profile, model, stage)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_records(profile: str) -> list[dict]:
+    """Every record of a profile, sorted by model and stage."""
+    root = runs_dir() / profile
+    records = []
+    for path in sorted(root.glob("*/*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as err:
+            records.append({"model": path.parent.name, "stage": path.stem, "profile": profile,
+                            "status": "failed", "error": f"{path}: unreadable record ({err})"})
+    return records
+
+
+class StageRecorder:
+    """Collects what a stage measured and writes its record at the end.
+
+    ``rec = StageRecorder("yolact_edge", "02-export", profile, backend, params)``, then
+    ``rec.provenance["weights"] = ...``, ``rec.metrics[...] = ...``, ``rec.tables[...] = rows``
+    and finally ``rec.finish()``.
+    """
+
+    def __init__(self, model: str, stage: str, profile: str, backend: str | None = None,
+                 parameters: dict | None = None) -> None:
+        self.model, self.stage, self.profile, self.backend = model, stage, profile, backend
+        self.parameters = dict(parameters or {})
+        self.started = dt.datetime.now(dt.timezone.utc)
+        self._t0 = time.perf_counter()
+        self.provenance: dict[str, Any] = {}
+        self.metrics: dict[str, Any] = {}
+        self.tables: dict[str, list[dict]] = {}
+        self.device: dict[str, Any] = {}
+        self.notes: list[str] = []
+
+    def finish(self, status: str = "ok", error: str | None = None) -> Path:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}")
+        record = {
+            "model": self.model, "stage": self.stage, "profile": self.profile, "backend": self.backend,
+            "status": status, "error": error,
+            "started": self.started.isoformat(timespec="seconds"),
+            "duration_s": round(time.perf_counter() - self._t0, 2),
+            "device": self.device, "machine": machine(), "parameters": self.parameters,
+            "provenance": self.provenance, "metrics": self.metrics, "tables": self.tables,
+            "notes": self.notes, "versions": versions(), "git_commit": git_commit(),
+        }
+        return write_json_atomic(record_path(self.profile, self.model, self.stage), record)
