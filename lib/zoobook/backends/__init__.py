@@ -32,4 +32,19 @@ def get_backend(name: str = "auto", **options) -> Backend:
     raise ValueError(f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "Backend", "Session", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "Session", "backend_options", "get_backend"]
+
+
+def backend_options(name: str, *, soc_version: str | None = None, precision_mode: str | None = None,
+                    device_id: int = 0, ort_optimization: str | None = None, threads: int | None = None) -> dict:
+    """The constructor options that matter to ``name`` (notebook parameters -> backend)."""
+    if name == "auto":
+        from zoobook.backends.ascend import AscendBackend
+
+        name = "ascend" if AscendBackend.available() else "onnxruntime"
+    if name == "ascend":
+        return {k: v for k, v in {"soc_version": soc_version, "precision_mode": precision_mode,
+                                  "device_id": device_id}.items() if v is not None}
+    if name == "onnxruntime":
+        return {k: v for k, v in {"compile_optimization": ort_optimization, "threads": threads}.items() if v is not None}
+    return {"threads": threads} if threads else {}

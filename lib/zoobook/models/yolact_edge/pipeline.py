@@ -364,3 +364,57 @@ def _end_to_end(session, model, images: list[dict]):
         return postprocess(model.head, [outputs[n] for n in OUTPUT_NAMES], [(im["height"], im["width"])])
 
     return run
+
+
+# ---------------------------------------------------------------------------------------
+# Tables for the notebooks and the summary
+
+
+def _weights_label(weights: dict) -> str:
+    return {"official": "official checkpoint", "recipe": "recipe (synthetic)"}.get(weights["kind"], weights["kind"])
+
+
+def accuracy_rows(evaluation: dict, spec) -> list[dict]:
+    """Measured COCO AP (x100) per scored candidate, then the published figure, labelled."""
+    data = evaluation["dataset"]
+    rows = []
+    for name, metrics in evaluation["metrics"].items():
+        if name.startswith("agreement"):
+            continue
+        rows.append({"source": "measured", "backend": name, "bbox mAP": 100 * metrics["bbox"]["AP"],
+                     "segm mAP": 100 * metrics["segm"]["AP"], "weights": _weights_label(evaluation["weights"]),
+                     "data": f"{data['kind']}: {data['name']} ({data['images_with_annotations']} images)"})
+    for pub in spec.published:
+        if pub.unit == "mAP":
+            rows.append({"source": "published", "backend": pub.device, "bbox mAP": None, "segm mAP": pub.value,
+                         "weights": "official checkpoint", "data": f"real COCO val2017; {pub.metric}; {pub.source}"})
+    return rows
+
+
+def agreement_rows(evaluation: dict) -> list[dict]:
+    metrics = evaluation["metrics"]
+    if "agreement" not in metrics:
+        return []
+    match = metrics["agreement"]
+    coco = metrics.get("agreement_coco", {})
+    return [{"measure": "reference detections matched (recall)", "value": match["recall"]},
+            {"measure": "backend detections matched (precision)", "value": match["precision"]},
+            {"measure": "mean box IoU of matches", "value": match["mean_box_iou"]},
+            {"measure": "mean mask IoU of matches (two empty masks agree)", "value": match["mean_mask_iou"]},
+            {"measure": "largest score difference", "value": match["max_score_diff"]},
+            {"measure": "share of mask pixels differing", "value": match["mask_pixels_differing"]},
+            {"measure": "COCO bbox AP against the reference's detections", "value": coco.get("bbox", {}).get("AP")},
+            {"measure": "COCO segm AP against the reference's detections (empty masks count as misses)",
+             "value": coco.get("segm", {}).get("AP")}]
+
+
+def published_speed_rows(spec) -> list[dict]:
+    return [{"metric": p.metric, "batch_size": p.batch_size, "value": p.value, "unit": p.unit, "device": p.device,
+             "source": p.source} for p in spec.published if p.unit == "FPS"]
+
+
+def speedup_rows(rows: list[dict], baseline: str = "torch") -> list[dict]:
+    """Per batch size and candidate: baseline mean latency / candidate mean latency."""
+    base = {r["batch_size"]: r["mean_ms"] for r in rows if r["candidate"] == baseline}
+    return [{"candidate": r["candidate"], "batch_size": r["batch_size"], "speedup": base[r["batch_size"]] / r["mean_ms"],
+             "versus": f"{baseline} eager"} for r in rows if r["candidate"] != baseline and r["batch_size"] in base]

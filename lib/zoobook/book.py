@@ -1,0 +1,137 @@
+"""Assemble the Jupyter Book (1.x) of one profile's run and build it.
+
+The executed notebooks of ``runs/<profile>/<model>/`` are copied to ``book/<model>/`` (a
+stage with no run gets a page saying so), ``book/summary.md`` is written from the records
+alone, and ``jupyter-book build`` renders everything (``execute_notebooks: off``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+
+from zoobook.models import MODELS, get_spec
+from zoobook.paths import model_run_dir, project_root, runs_dir
+from zoobook.records import read_records
+from zoobook.tables import markdown_table
+
+
+def _placeholder(stage: str, profile: str, model: str) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(
+        f"# {stage}\n\nThis stage has not been run in the `{profile}` profile. Run it with\n\n"
+        f"```\nzoobook run {model} --stages {stage} --profile {profile}\n```")]
+    return nb
+
+
+def collect_notebooks(profile: str) -> list[Path]:
+    """Copy executed notebooks into ``book/<model>/``; returns the pages written."""
+    pages = []
+    for model in MODELS:
+        target_dir = project_root() / "book" / model
+        target_dir.mkdir(parents=True, exist_ok=True)
+        for stage in get_spec(model).stages:
+            source = model_run_dir(profile, model) / f"{stage}.ipynb"
+            target = target_dir / f"{stage}.ipynb"
+            if source.is_file():
+                shutil.copyfile(source, target)
+            else:
+                nbformat.write(_placeholder(stage, profile, model), target)
+            pages.append(target)
+    return pages
+
+
+def _provenance(record: dict) -> str:
+    prov = record.get("provenance", {})
+    weights = prov.get("weights") or {}
+    data = prov.get("data") or {}
+    parts = []
+    if weights:
+        parts.append(f"weights: {weights.get('kind')}" + (f" ({weights['sha256'][:12]})" if weights.get("sha256") else ""))
+    if data:
+        parts.append(f"data: {data.get('kind')} {data.get('name', '')}, {data.get('images_with_annotations', data.get('count', '?'))} images")
+    return "; ".join(parts)
+
+
+def summary_markdown(profile: str) -> str:
+    records = read_records(profile)
+    lines = [f"# Summary of the `{profile}` run", "",
+             f"Built from the {len(records)} stage records under `runs/{profile}/` on "
+             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; nothing on this page is typed in by hand. "
+             "Published figures come from the porting guides and are labelled *published*; every other "
+             "number was measured by this run, on the device named beside it.", ""]
+    for model in MODELS:
+        spec = get_spec(model)
+        mine = {r["stage"]: r for r in records if r.get("model") == model}
+        lines += [f"## {spec.title}", ""]
+        if not mine:
+            lines += ["No stage of this model has run in this profile.", ""]
+            continue
+        stage_rows = []
+        for stage in spec.stages:
+            r = mine.get(stage)
+            if r is None:
+                stage_rows.append({"stage": stage, "status": "not run"})
+                continue
+            device = r.get("device") or {}
+            stage_rows.append({"stage": f"[{stage}]({model}/{stage}.ipynb)", "status": r["status"],
+                               "backend": r.get("backend"), "device": device.get("name") or r["machine"].get("host_cpu"),
+                               "seconds": r.get("duration_s"), "provenance": _provenance(r),
+                               "error": (r.get("error") or "")[:160]})
+        lines += [markdown_table(stage_rows), ""]
+        for stage, title in (("02-export", "Export: ONNX Runtime against PyTorch"),
+                             ("03-convert", "Convert: compiled model against ONNX")):
+            rows = (mine.get(stage) or {}).get("tables", {}).get("parity")
+            if rows:
+                lines += [f"### {title}", "", markdown_table(rows, ["output", "cosine", "max_abs", "rel_euclidean",
+                                                                      "tolerance", "passed"]), ""]
+        accuracy = (mine.get("05-evaluate") or {}).get("tables", {}).get("accuracy")
+        if accuracy:
+            lines += ["### Accuracy: measured and published", "", markdown_table(accuracy), ""]
+        agreement = (mine.get("05-evaluate") or {}).get("tables", {}).get("agreement")
+        if agreement:
+            lines += ["### Agreement with the PyTorch reference", "", markdown_table(agreement), ""]
+        bench = (mine.get("06-benchmark") or {}).get("tables", {})
+        if bench.get("graph"):
+            lines += ["### Speed", "", "Graph latency per call (one batch), warm-up excluded, candidates interleaved:", "",
+                      markdown_table(bench["graph"], ["candidate", "batch_size", "mean_ms", "p50_ms", "p90_ms",
+                                                      "p99_ms", "throughput"], digits=2), ""]
+        if bench.get("end_to_end"):
+            lines += ["End to end per image at batch 1 (read, preprocess, graph, host post-processing):", "",
+                      markdown_table(bench["end_to_end"], ["candidate", "mean_ms", "p50_ms", "p90_ms", "throughput"],
+                                     digits=2), ""]
+        if bench.get("speedup"):
+            lines += [markdown_table(bench["speedup"], digits=2), ""]
+        if bench.get("published"):
+            lines += ["Published (not measured here):", "", markdown_table(bench["published"], digits=2), ""]
+    return "\n".join(lines)
+
+
+def jupyter_book_executable() -> str:
+    local = Path(sys.executable).parent / "jupyter-book"
+    found = str(local) if local.is_file() else shutil.which("jupyter-book")
+    if not found:
+        raise RuntimeError("jupyter-book (1.x) is not installed in this environment")
+    return found
+
+
+def build_book(profile: str = "default") -> Path:
+    """Collect notebooks, write the summary, run ``jupyter-book build``; returns index.html."""
+    root = project_root()
+    collect_notebooks(profile)
+    (root / "book" / "summary.md").write_text(summary_markdown(profile))
+    (runs_dir() / profile).mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([jupyter_book_executable(), "build", str(root), "--path-output", str(root)],
+                          capture_output=True, text=True)
+    log = root / "_build" / "jupyter-book.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(done.stdout + done.stderr)
+    index = root / "_build" / "html" / "index.html"
+    if done.returncode != 0 or not index.is_file():
+        raise RuntimeError(f"jupyter-book build failed ({done.returncode}); see {log}\n{done.stderr[-3000:]}")
+    return index

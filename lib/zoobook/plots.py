@@ -1,0 +1,85 @@
+"""Pictures the notebooks and the book show: samples with masks, predictions, speed."""
+
+from __future__ import annotations
+
+import cv2
+import matplotlib.pyplot as plt
+import numpy as np
+
+_PALETTE = plt.get_cmap("tab20")(np.arange(20))[:, :3]
+
+
+def _overlay(image_bgr: np.ndarray, masks: list[np.ndarray], alpha: float = 0.45) -> np.ndarray:
+    rgb = image_bgr[:, :, ::-1].astype(np.float32) / 255
+    for i, mask in enumerate(masks):
+        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * _PALETTE[i % 20]
+    return rgb
+
+
+def show_instances(images: list[np.ndarray], instances: list[list[dict]], titles: list[str] | None = None,
+                   columns: int = 3):
+    """Images (BGR) with instances ``{"box": x1y1x2y2, "mask": bool HxW, "label": str}``."""
+    rows = int(np.ceil(len(images) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, (image, found) in enumerate(zip(images, instances)):
+        ax = axes.ravel()[k]
+        ax.imshow(_overlay(image, [d["mask"] for d in found if d.get("mask") is not None]))
+        for i, d in enumerate(found):
+            x1, y1, x2, y2 = d["box"]
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, color=_PALETTE[i % 20]))
+            ax.text(x1, y1, d["label"], fontsize=7, color="white", va="bottom",
+                    bbox={"facecolor": _PALETTE[i % 20], "alpha": 0.7, "pad": 1, "lw": 0})
+        if titles:
+            ax.set_title(titles[k], fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def coco_annotation_instances(sample: dict, names: dict[int, str]) -> list[dict]:
+    """Ground-truth annotations of a COCO sample as drawable instances."""
+    from pycocotools import mask as mask_utils
+
+    found = []
+    for ann in sample["annotations"]:
+        seg = ann["segmentation"]
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, sample["height"], sample["width"])) \
+            if isinstance(seg, list) else seg
+        x, y, w, h = ann["bbox"]
+        found.append({"box": (x, y, x + w, y + h), "mask": mask_utils.decode(rle).astype(bool),
+                      "label": names.get(ann["category_id"], str(ann["category_id"]))})
+    return found
+
+
+def result_instances(result, names: list[str], top: int = 10) -> list[dict]:
+    """The ``top`` best detections of an InstanceResult as drawable instances."""
+    return [{"box": tuple(result.boxes[i]), "mask": result.masks[i],
+             "label": f"{names[int(result.classes[i])]} {result.scores[i]:.2f}"} for i in range(min(top, len(result.scores)))]
+
+
+def throughput_vs_batch(rows: list[dict], published: list[dict] | None = None, title: str = "Throughput"):
+    """Throughput (samples/s) against batch size, one line per candidate; published figures
+    as hollow markers, labelled as such."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name in dict.fromkeys(r["candidate"] for r in rows):
+        mine = sorted((r["batch_size"], r["throughput"]) for r in rows if r["candidate"] == name)
+        ax.plot(*zip(*mine), marker="o", label=f"{name} (measured)")
+    for pub in published or []:
+        ax.scatter([pub["batch_size"]], [pub["value"]], facecolors="none", edgecolors="grey")
+    if published:
+        ax.scatter([], [], facecolors="none", edgecolors="grey", label=f"published ({published[0]['device']})")
+        ax.set_yscale("log")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("throughput (images/s)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def letterbox_thumbnail(image_bgr: np.ndarray, width: int = 320) -> np.ndarray:
+    scale = width / image_bgr.shape[1]
+    return cv2.resize(image_bgr, (width, int(image_bgr.shape[0] * scale)))

@@ -1,0 +1,95 @@
+"""Run stage notebooks headlessly with papermill.
+
+Each stage notebook ``notebooks/<model>/NN-<stage>.ipynb`` is executed into
+``runs/<profile>/<model>/NN-<stage>.ipynb`` with ``profile``, ``backend``, the profile's
+stage parameters and the user's overrides injected (only names the notebook declares in its
+``parameters`` cell). The notebook writes its own record when it succeeds; when it fails, the
+runner keeps the executed notebook with the error, records the stage as failed, and goes on
+with the other stages.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from zoobook.models import get_spec
+from zoobook.paths import check_profile, model_run_dir, project_root
+from zoobook.records import StageRecorder, read_record
+
+KERNEL_NAME = "zoobook"
+
+
+@dataclass
+class StageResult:
+    model: str
+    stage: str
+    status: str
+    seconds: float
+    notebook: Path
+    error: str | None = None
+
+
+def notebook_path(model: str, stage: str) -> Path:
+    return project_root() / "notebooks" / model / f"{stage}.ipynb"
+
+
+def default_kernel() -> str:
+    """The project's registered kernel when it exists, else the current environment's."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def declared_parameters(path: Path) -> set[str]:
+    import papermill
+
+    return set(papermill.inspect_notebook(str(path)))
+
+
+def run_stage(model: str, stage: str, *, profile: str = "default", backend: str = "auto",
+              overrides: dict | None = None, kernel: str | None = None, timeout: int | None = 3600,
+              progress: bool = False) -> StageResult:
+    import papermill
+
+    spec = get_spec(model)
+    stage = spec.resolve_stage(stage)
+    source = notebook_path(model, stage)
+    output = model_run_dir(check_profile(profile), model) / f"{stage}.ipynb"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    declared = declared_parameters(source)
+    parameters = {"profile": profile, "backend": backend, **spec.stage_parameters(profile, stage),
+                  **(overrides or {})}
+    parameters = {k: v for k, v in parameters.items() if k in declared}
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(source), str(output), parameters=parameters,
+                                   kernel_name=kernel or default_kernel(), cwd=str(source.parent),
+                                   execution_timeout=timeout, progress_bar=progress, log_output=False)
+    except Exception as err:  # papermill keeps the executed notebook with the error in it
+        message = _short_error(err)
+        recorder = StageRecorder(model, stage, profile, backend, parameters)
+        recorder.notes.append(f"executed notebook: {output}")
+        recorder.finish(status="failed", error=message)
+        return StageResult(model, stage, "failed", time.perf_counter() - start, output, message)
+    record = read_record(profile, model, stage)
+    if record is None or record.get("status") != "ok":
+        message = "the notebook finished without writing an ok record"
+        StageRecorder(model, stage, profile, backend, parameters).finish(status="failed", error=message)
+        return StageResult(model, stage, "failed", time.perf_counter() - start, output, message)
+    return StageResult(model, stage, "ok", time.perf_counter() - start, output)
+
+
+def _short_error(err: Exception) -> str:
+    name = getattr(err, "ename", type(err).__name__)
+    value = getattr(err, "evalue", str(err))
+    return f"{name}: {value}" if value else "".join(traceback.format_exception_only(err)).strip()
+
+
+def run_model(model: str, stages: list[str] | None = None, **options) -> list[StageResult]:
+    """Run ``stages`` (all by default) of ``model`` in order; a failure does not stop the rest."""
+    spec = get_spec(model)
+    chosen = [spec.resolve_stage(s) for s in stages] if stages else list(spec.stages)
+    return [run_stage(model, stage, **options) for stage in chosen]
