@@ -16,7 +16,7 @@ def _fmt(value, digits: int) -> str:
         return f"{value:.{digits}f}"
     if isinstance(value, (list, tuple)):
         return "×".join(str(v) for v in value)
-    return "" if value is None else str(value)
+    return "" if value is None else str(value).replace("|", "\\|")
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None, digits: int = 4) -> str:

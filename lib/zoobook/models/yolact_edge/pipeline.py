@@ -418,3 +418,15 @@ def speedup_rows(rows: list[dict], baseline: str = "torch") -> list[dict]:
     base = {r["batch_size"]: r["mean_ms"] for r in rows if r["candidate"] == baseline}
     return [{"candidate": r["candidate"], "batch_size": r["batch_size"], "speedup": base[r["batch_size"]] / r["mean_ms"],
              "versus": f"{baseline} eager"} for r in rows if r["candidate"] != baseline and r["batch_size"] in base]
+
+
+def record_metrics(evaluation: dict) -> dict:
+    """The evaluation's numbers for the stage record (pycocotools' text summary left out)."""
+    out = {}
+    for name, metrics in evaluation["metrics"].items():
+        if name == "agreement":
+            out[name] = dict(metrics)
+        else:
+            out[name] = {t: {k: v for k, v in m.items() if k != "summary"} if isinstance(m, dict) else m
+                         for t, m in metrics.items()}
+    return out

@@ -123,7 +123,7 @@ def assemble(det: Detections, height: int, width: int) -> InstanceResult:
         return InstanceResult(np.zeros((0, 4), np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
                               np.zeros((0, height, width), bool))
     masks = torch.sigmoid(det.prototypes @ det.coefs.t())
-    masks = crop_masks(masks, det.boxes).permute(2, 0, 1)
+    masks = crop_masks(masks, det.boxes).permute(2, 0, 1).contiguous()
     masks = F.interpolate(masks[None], (height, width), mode="bilinear", align_corners=False)[0]
     x1, x2 = _sanitize(det.boxes[:, 0], det.boxes[:, 2], width)
     y1, y2 = _sanitize(det.boxes[:, 1], det.boxes[:, 3], height)

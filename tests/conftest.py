@@ -1,0 +1,74 @@
+"""Shared fixtures. Tests never read ../shared: goldens are trimmed copies in tests/golden/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS = Path(__file__).parent
+GOLDEN = TESTS / "golden" / "yolact_edge"
+FAKES = TESTS / "fakes"
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict:
+    with np.load(GOLDEN / "golden_trimmed.npz") as data:
+        return dict(data)
+
+
+@pytest.fixture(scope="session")
+def golden_image_path() -> Path:
+    return GOLDEN / "input_image_bgr_427x640.png"
+
+
+@pytest.fixture(scope="session")
+def recipe_model():
+    from zoobook.models.yolact_edge.checkpoint import build
+
+    model, provenance = build(None)  # no data/weights in the isolated data dir: recipe
+    assert provenance["kind"] == "recipe"
+    return model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_dirs(tmp_path_factory):
+    """Runs and data of the test session live in a temporary folder, never in the project."""
+    root = tmp_path_factory.mktemp("zoobook")
+    (root / "data").mkdir()
+    old = {k: os.environ.get(k) for k in ("ZOOBOOK_RUNS", "ZOOBOOK_DATA")}
+    os.environ["ZOOBOOK_RUNS"] = str(root / "runs")
+    os.environ["ZOOBOOK_DATA"] = str(root / "data")
+    yield root
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def golden_outputs(recipe_model, golden_image_path):
+    """The recipe model's six graph outputs on the golden image, through our preprocessing."""
+    import torch
+
+    from zoobook.models.yolact_edge.preprocess import preprocess, read_bgr
+
+    x = torch.from_numpy(preprocess(read_bgr(golden_image_path))[None])
+    with torch.inference_mode():
+        return x.numpy(), [o.numpy() for o in recipe_model(x)]
+
+
+@pytest.fixture
+def fake_ascend(monkeypatch, tmp_path):
+    """Put the FAKE atc, npu-smi and ais_bench first on PATH / sys.path."""
+    import sys
+
+    monkeypatch.setenv("PATH", f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ASCEND_LOG", str(tmp_path / "atc.log"))
+    monkeypatch.syspath_prepend(str(FAKES))
+    for name in [m for m in sys.modules if m.startswith("ais_bench")]:
+        monkeypatch.delitem(sys.modules, name)
+    return tmp_path / "atc.log"

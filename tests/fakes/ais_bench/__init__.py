@@ -1,0 +1,1 @@
+"""FAKE ais_bench (tests only): see tests/fakes/README.md."""

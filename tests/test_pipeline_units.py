@@ -1,0 +1,92 @@
+"""Tensor comparison, the timing loop, records and the environment files."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from zoobook.bench import benchmark, latency_stats
+from zoobook.compare import compare_outputs, compare_tensors
+from zoobook.records import StageRecorder, read_record, write_json_atomic
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_compare_identical_and_perturbed():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 8)).astype(np.float32)
+    same = compare_tensors(a, a.copy(), atol=0.0)
+    assert same["cosine"] == pytest.approx(1.0) and same["max_abs"] == 0 and same["passed"]
+    noisy = compare_tensors(a, a + 0.3 * rng.standard_normal(a.shape), atol=1e-3)
+    assert not noisy["passed"] and not noisy["within_tolerance"]
+    assert noisy["rel_euclidean"] > 0.05  # msit threshold fails too
+    flipped = compare_tensors(a, -a)
+    assert flipped["cosine"] == pytest.approx(-1.0) and not flipped["passed"]
+
+
+def test_compare_outputs_names_and_shapes():
+    rows = compare_outputs({"x": np.ones(3)}, {"x": np.ones(3), "y": np.zeros(1)})
+    assert [r["output"] for r in rows] == ["x"]
+    with pytest.raises(KeyError, match="candidate lacks outputs: \\['x'\\]"):
+        compare_outputs({"x": np.ones(3)}, {})
+    with pytest.raises(ValueError, match="shape mismatch"):
+        compare_tensors(np.ones(3), np.ones(4))
+
+
+def test_latency_stats():
+    stats = latency_stats([10.0, 20.0, 30.0, 40.0], batch_size=4)
+    assert stats["mean_ms"] == 25.0 and stats["p50_ms"] == 25.0
+    assert stats["throughput"] == pytest.approx(4 * 1000 / 25.0)
+    assert stats["p90_ms"] == pytest.approx(37.0)
+
+
+def test_benchmark_interleaves_and_excludes_warmup():
+    calls = []
+    rows = benchmark({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, batch_size=2, warmup=1,
+                     iterations=3, progress=False,
+                     device_times={"a": lambda: [1.0, 2.0, 3.0], "b": lambda: None})
+    assert calls == ["a", "b"] * 4
+    assert [r["calls"] for r in rows] == [3, 3]
+    assert rows[0]["device_mean_ms"] == 2.0 and "device_mean_ms" not in rows[1]
+
+
+def test_atomic_json_leaves_no_temporaries(tmp_path):
+    target = write_json_atomic(tmp_path / "r.json", {"x": np.float32(1.5), "a": np.arange(2)})
+    assert json.loads(target.read_text()) == {"x": 1.5, "a": [0, 1]}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_stage_record_fields():
+    rec = StageRecorder("yolact_edge", "99-test", "smoke", "onnxruntime", {"k": 1})
+    rec.provenance["weights"] = {"kind": "recipe"}
+    rec.metrics["m"] = np.float64(0.5)
+    rec.finish()
+    record = read_record("smoke", "yolact_edge", "99-test")
+    for key in ("model", "stage", "profile", "backend", "device", "status", "duration_s", "parameters",
+                "versions", "git_commit", "provenance", "metrics", "machine"):
+        assert key in record
+    assert record["status"] == "ok" and record["metrics"]["m"] == 0.5 and record["versions"]["torch"].startswith("2.13.0")
+
+
+def _requirement_names(requirements):
+    return {re.split(r"[<>=!~ \[]", r, maxsplit=1)[0].lower(): r.replace(" ", "") for r in requirements}
+
+
+def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["test"]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = [p for p in pip if not p.startswith("-")]
+    assert _requirement_names(listed) == _requirement_names(declared)
+
+
+def test_constraints_pin_cpu_torch():
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    assert "torch==2.13.0" in lines
