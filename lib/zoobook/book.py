@@ -29,11 +29,11 @@ def _placeholder(stage: str, profile: str, model: str) -> nbformat.NotebookNode:
     return nb
 
 
-def collect_notebooks(profile: str) -> list[Path]:
-    """Copy executed notebooks into ``book/<model>/``; returns the pages written."""
+def collect_notebooks(profile: str, root: Path) -> list[Path]:
+    """Copy executed notebooks into ``<root>/book/<model>/``; returns the pages written."""
     pages = []
     for model in MODELS:
-        target_dir = project_root() / "book" / model
+        target_dir = root / "book" / model
         target_dir.mkdir(parents=True, exist_ok=True)
         for stage in get_spec(model).stages:
             source = model_run_dir(profile, model) / f"{stage}.ipynb"
@@ -120,10 +120,12 @@ def jupyter_book_executable() -> str:
     return found
 
 
-def build_book(profile: str = "default") -> Path:
-    """Collect notebooks, write the summary, run ``jupyter-book build``; returns index.html."""
-    root = project_root()
-    collect_notebooks(profile)
+def build_book(profile: str = "default", root: str | Path | None = None) -> Path:
+    """Collect notebooks, write the summary, run ``jupyter-book build``; returns index.html.
+
+    ``root`` holds ``_config.yml``, ``_toc.yml`` and ``book/`` (default: the project root)."""
+    root = Path(root) if root else project_root()
+    collect_notebooks(profile, root)
     (root / "book" / "summary.md").write_text(summary_markdown(profile))
     (runs_dir() / profile).mkdir(parents=True, exist_ok=True)
     done = subprocess.run([jupyter_book_executable(), "build", str(root), "--path-output", str(root)],

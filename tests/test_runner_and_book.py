@@ -1,0 +1,95 @@
+"""The papermill runner on the smoke profile (all six YolactEdge stages), its failure path,
+the CLI, and the Jupyter Book build from the resulting records."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from zoobook.cli import _parse_overrides, main
+from zoobook.models.yolact_edge import SPEC
+from zoobook.records import read_record, read_records
+from zoobook.runner import run_model
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke_run():
+    results = run_model("yolact_edge", profile="smoke", backend="auto", timeout=1200)
+    return {r.stage: r for r in results}
+
+
+def test_all_six_stages_run_ok_on_smoke(smoke_run):
+    assert list(smoke_run) == list(SPEC.stages)
+    failed = {s: r.error for s, r in smoke_run.items() if r.status != "ok"}
+    assert not failed, failed
+    for stage in SPEC.stages:
+        record = read_record("smoke", "yolact_edge", stage)
+        assert record["status"] == "ok" and record["profile"] == "smoke"
+        assert record["provenance"]["data"]["kind"] == "synthetic"
+
+
+def test_records_carry_results_and_provenance(smoke_run):
+    export = read_record("smoke", "yolact_edge", "02-export")
+    assert export["provenance"]["weights"]["kind"] == "recipe"
+    assert export["metrics"]["parity_passed"] and len(export["tables"]["parity"]) == 6
+    convert = read_record("smoke", "yolact_edge", "03-convert")
+    assert convert["backend"] == "onnxruntime" and convert["metrics"]["parity_passed"]
+    evaluate = read_record("smoke", "yolact_edge", "05-evaluate")
+    assert evaluate["metrics"]["agreement"]["recall"] > 0.99
+    assert {r["source"] for r in evaluate["tables"]["accuracy"]} == {"measured", "published"}
+    bench = read_record("smoke", "yolact_edge", "06-benchmark")
+    assert {r["candidate"] for r in bench["tables"]["graph"]} == {"torch", "onnxruntime"}
+    assert sorted({r["batch_size"] for r in bench["tables"]["graph"]}) == [1, 2]
+
+
+def test_executed_notebooks_keep_outputs_and_committed_ones_do_not(smoke_run):
+    executed = nbformat.read(smoke_run["05-evaluate"].notebook, as_version=4)
+    assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+    for path in (ROOT / "notebooks").rglob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        assert not any(c.get("outputs") or c.get("execution_count") for c in nb.cells if c.cell_type == "code"), path
+        assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), path
+
+
+def test_a_failed_stage_is_recorded_and_the_others_go_on(monkeypatch, tmp_path):
+    monkeypatch.setenv("ZOOBOOK_RUNS", str(tmp_path / "runs"))
+    results = run_model("yolact_edge", ["export", "data"], profile="smoke", timeout=600)
+    assert [(r.stage, r.status) for r in results] == [("02-export", "failed"), ("01-data", "ok")]
+    assert "run stage 01-data of yolact_edge first" in results[0].error
+    record = read_record("smoke", "yolact_edge", "02-export")
+    assert record["status"] == "failed" and "01-data" in record["error"]
+    executed = nbformat.read(results[0].notebook, as_version=4)  # kept, with the error in it
+    assert any(o.get("output_type") == "error" for c in executed.cells for o in c.get("outputs", []))
+
+
+def test_overrides_are_parsed_as_yaml():
+    assert _parse_overrides(["batch_sizes=[1,4]", "opset=13", "weights=null", "name=abc"]) == {
+        "batch_sizes": [1, 4], "opset": 13, "weights": None, "name": "abc"}
+    with pytest.raises(SystemExit):
+        _parse_overrides(["novalue"])
+
+
+def test_cli_list(capsys):
+    assert main(["list"]) == 0
+    assert "yolact_edge" in capsys.readouterr().out
+
+
+def test_book_builds_from_records(smoke_run, tmp_path):
+    from zoobook.book import build_book
+
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copyfile(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("*.ipynb", "summary.md"))
+    index = build_book("smoke", root=tmp_path)
+    assert index == tmp_path / "_build" / "html" / "index.html" and index.is_file()
+    summary = (tmp_path / "_build" / "html" / "book" / "summary.html").read_text()
+    assert "06-benchmark" in summary and "published" in summary and "recipe" in summary
+    page = (tmp_path / "_build" / "html" / "book" / "yolact_edge" / "06-benchmark.html").read_text()
+    assert "<img" in page  # the throughput plot
