@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 
 def latency_stats(times_ms: list[float] | np.ndarray, batch_size: int) -> dict:
@@ -40,7 +40,8 @@ def benchmark(candidates: Mapping[str, Callable[[], object]], *, batch_size: int
         for read in device_times.values():
             read()  # discard the warm-up calls
     timings: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in tqdm(range(iterations), desc=f"batch {batch_size}", disable=not progress, leave=False):
+    quiet = {} if progress else {"disable": True}  # otherwise tqdm's defaults (TQDM_DISABLE) apply
+    for _ in tqdm(range(iterations), desc=f"batch {batch_size}", leave=False, **quiet):
         for name, run in candidates.items():
             start = time.perf_counter()
             run()

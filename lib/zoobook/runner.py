@@ -10,6 +10,7 @@ with the other stages.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -64,22 +65,33 @@ def run_stage(model: str, stage: str, *, profile: str = "default", backend: str 
                   **(overrides or {})}
     parameters = {k: v for k, v in parameters.items() if k in declared}
     start = time.perf_counter()
+    quiet = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the kernel inherits it: no progress bars in executed notebooks
     try:
         papermill.execute_notebook(str(source), str(output), parameters=parameters,
                                    kernel_name=kernel or default_kernel(), cwd=str(source.parent),
                                    execution_timeout=timeout, progress_bar=progress, log_output=False)
     except Exception as err:  # papermill keeps the executed notebook with the error in it
+        _restore("TQDM_DISABLE", quiet)
         message = _short_error(err)
         recorder = StageRecorder(model, stage, profile, backend, parameters)
         recorder.notes.append(f"executed notebook: {output}")
         recorder.finish(status="failed", error=message)
         return StageResult(model, stage, "failed", time.perf_counter() - start, output, message)
+    _restore("TQDM_DISABLE", quiet)
     record = read_record(profile, model, stage)
     if record is None or record.get("status") != "ok":
         message = "the notebook finished without writing an ok record"
         StageRecorder(model, stage, profile, backend, parameters).finish(status="failed", error=message)
         return StageResult(model, stage, "failed", time.perf_counter() - start, output, message)
     return StageResult(model, stage, "ok", time.perf_counter() - start, output)
+
+
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _short_error(err: Exception) -> str:

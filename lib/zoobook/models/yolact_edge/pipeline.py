@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from zoobook import bench
 from zoobook.backends import get_backend
