@@ -90,3 +90,16 @@ def test_environment_yml_lists_the_same_dependencies_as_pyproject():
 def test_constraints_pin_cpu_torch():
     lines = (ROOT / "constraints.txt").read_text().splitlines()
     assert "torch==2.13.0" in lines
+
+
+def test_graph_flops_counts_convolutions(tmp_path):
+    import torch
+
+    from zoobook.export import export_onnx, graph_flops
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1, stride=2))
+    path = tmp_path / "net.onnx"
+    export_onnx(net, (torch.zeros(1, 3, 16, 16),), path, input_names=["x"], output_names=["y"], opset=13)
+    per_image = 2 * (8 * 16 * 16 * 3 * 3 * 3 + 4 * 8 * 8 * 8)
+    assert graph_flops(path) == per_image
+    assert graph_flops(path, batch_size=4) == 4 * per_image

@@ -100,7 +100,7 @@ def summary_markdown(profile: str) -> str:
         if bench.get("graph"):
             lines += ["### Speed", "", "Graph latency per call (one batch), warm-up excluded, candidates interleaved:", "",
                       markdown_table(bench["graph"], ["candidate", "batch_size", "mean_ms", "p50_ms", "p90_ms",
-                                                      "p99_ms", "throughput"], digits=2), ""]
+                                                      "p99_ms", "throughput", "gflop_per_s"], digits=2), ""]
         if bench.get("end_to_end"):
             lines += ["End to end per image at batch 1 (read, preprocess, graph, host post-processing):", "",
                       markdown_table(bench["end_to_end"], ["candidate", "mean_ms", "p50_ms", "p90_ms", "throughput"],

@@ -65,3 +65,39 @@ def onnx_io(path: str | Path) -> dict[str, dict[str, list]]:
     initializers = {i.name for i in graph.initializer}
     return {"inputs": {v.name: dims(v) for v in graph.input if v.name not in initializers},
             "outputs": {v.name: dims(v) for v in graph.output}}
+
+
+def graph_flops(path: str | Path, batch_size: int = 1) -> float:
+    """Floating-point operations of one run of the graph at ``batch_size``: 2 x the
+    multiply-accumulates of its Conv, Gemm and MatMul nodes (everything else is noise for a
+    CNN), counted per sample (the first axis is the batch) and scaled by ``batch_size``."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for value in model.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_value = 1
+    model = onnx.shape_inference.infer_shapes(model)
+    graph = model.graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*graph.value_info, *graph.output, *graph.input]}
+    shapes.update({i.name: list(i.dims) for i in graph.initializer})
+    macs = 0
+    for node in graph.node:
+        out = shapes.get(node.output[0])
+        weight = shapes.get(node.input[1]) if len(node.input) > 1 else None
+        if not out or not weight:
+            continue
+        if node.op_type == "Conv":
+            macs += _prod(out[1:]) * _prod(weight[1:])
+        elif node.op_type in ("Gemm", "MatMul"):
+            macs += _prod(out[1:]) * weight[0]
+    return 2.0 * macs * batch_size
+
+
+def _prod(values) -> int:
+    total = 1
+    for v in values:
+        total *= int(v)
+    return total

@@ -26,6 +26,7 @@ class Published:
     device: str
     source: str
     batch_size: int | None = None
+    data: str = ""
 
 
 @dataclass(frozen=True)

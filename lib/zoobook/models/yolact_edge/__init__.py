@@ -21,12 +21,13 @@ SPEC = ModelSpec(
     stages=("01-data", "02-export", "03-convert", "04-infer", "05-evaluate", "06-benchmark"),
     graphs={"yolact_edge": GRAPH},
     published=(
-        Published("COCO val2017 mAP (repo evaluator, 4952 images; most likely mask mAP)", 27.96, "mAP",
-                  "Ascend 310P, OM at ATC's default precision", _PORT, 1),
+        Published("COCO mAP, repo evaluator (most likely mask mAP)", 27.96, "mAP",
+                  "Ascend 310P, OM at ATC's default precision", _PORT, 1,
+                  data="COCO val2017, the 4952 annotated images"),
         *(Published("throughput of the cut graph (ais_bench --loop 100)", fps, "FPS", "Ascend 310P", _PORT, bs)
           for bs, fps in ((1, 270.35), (4, 201.08), (8, 175.41), (16, 178.71), (32, 183.77), (64, 183.11))),
-        Published("COCO mask mAP, TensorRT INT8/FP16 (repo README)", 27.0, "mAP", "Jetson AGX Xavier / RTX 2080 Ti",
-                  "haotian-liu/yolact_edge README", None),
+        Published("COCO mask mAP, TensorRT INT8/FP16", 27.0, "mAP", "Jetson AGX Xavier / RTX 2080 Ti",
+                  "haotian-liu/yolact_edge README", None, data="COCO (by YOLACT convention test-dev)"),
     ),
     profiles={
         "smoke": {"01-data": {"num_images": 3}, "03-convert": {"batch_sizes": [1]},

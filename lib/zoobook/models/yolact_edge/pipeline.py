@@ -29,7 +29,7 @@ from zoobook.backends.torch_backend import TorchSession
 from zoobook.compare import compare_outputs
 from zoobook.data.coco import CocoDataset, find_coco, write_synthetic_coco
 from zoobook.data.images import read_bgr
-from zoobook.export import export_onnx, onnx_io
+from zoobook.export import export_onnx, graph_flops, onnx_io
 from zoobook.metrics.agreement import AgreementEvaluator
 from zoobook.metrics.coco import CocoEvaluator, results_as_ground_truth, to_coco_results
 from zoobook.models.yolact_edge import GRAPH
@@ -336,11 +336,14 @@ def benchmark(profile: str, backend: str, *, batch_sizes: list[int] = (1, 4, 8),
         graph_rows += bench.benchmark(runners, batch_size=bs, warmup=warmup, iterations=iterations, device_times=device)
         for s in sessions.values():
             s.close()
+    flops = graph_flops(onnx_path(profile))
+    for row in graph_rows:
+        row["gflop_per_s"] = flops * row["batch_size"] / row["mean_ms"] / 1e6
     images = manifest["images"][:max(1, end_to_end_images)]
     sessions = {name: _bench_session(profile, name, 1, model, backend_options) for name in names}
     runners = {name: _end_to_end(session, model, images) for name, session in sessions.items()}
     e2e_rows = bench.benchmark(runners, batch_size=1, warmup=min(warmup, 1), iterations=max(len(images), iterations))
-    return {"graph": graph_rows, "end_to_end": e2e_rows, "candidates": names}
+    return {"graph": graph_rows, "end_to_end": e2e_rows, "candidates": names, "graph_gflop": flops / 1e9}
 
 
 def _bench_session(profile: str, name: str, batch_size: int, model, backend_options):
@@ -387,7 +390,7 @@ def accuracy_rows(evaluation: dict, spec) -> list[dict]:
     for pub in spec.published:
         if pub.unit == "mAP":
             rows.append({"source": "published", "backend": pub.device, "bbox mAP": None, "segm mAP": pub.value,
-                         "weights": "official checkpoint", "data": f"real COCO val2017; {pub.metric}; {pub.source}"})
+                         "weights": "official checkpoint", "data": f"{pub.data}; {pub.metric}; {pub.source}"})
     return rows
 
 
