@@ -93,3 +93,16 @@ def test_book_builds_from_records(smoke_run, tmp_path):
     assert "06-benchmark" in summary and "published" in summary and "recipe" in summary
     page = (tmp_path / "_build" / "html" / "book" / "yolact_edge" / "06-benchmark.html").read_text()
     assert "<img" in page  # the throughput plot
+
+
+def test_infer_resumes_only_on_the_same_inputs_and_model(smoke_run):
+    from zoobook.models.yolact_edge import pipeline
+
+    first = pipeline.infer("smoke", "onnxruntime")
+    assert first["computed"] == 0 and first["skipped"] == first["images"]  # all saved by the smoke run
+    folder = pipeline.outputs_dir("smoke", "onnxruntime")
+    key = json.loads((folder / "key.json").read_text())
+    key["weights"] = "something else"
+    (folder / "key.json").write_text(json.dumps(key))
+    again = pipeline.infer("smoke", "onnxruntime")
+    assert again["computed"] == again["images"]

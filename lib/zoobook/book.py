@@ -46,16 +46,21 @@ def collect_notebooks(profile: str, root: Path) -> list[Path]:
     return pages
 
 
-def _provenance(record: dict) -> str:
-    prov = record.get("provenance", {})
-    weights = prov.get("weights") or {}
-    data = prov.get("data") or {}
-    parts = []
-    if weights:
-        parts.append(f"weights: {weights.get('kind')}" + (f" ({weights['sha256'][:12]})" if weights.get("sha256") else ""))
-    if data:
-        parts.append(f"data: {data.get('kind')} {data.get('name', '')}, {data.get('images_with_annotations', data.get('count', '?'))} images")
-    return "; ".join(parts)
+def _provenance_lines(records: list[dict]) -> list[str]:
+    """One line per distinct weights and data provenance found in a model's records."""
+    weights, data = {}, {}
+    for r in records:
+        prov = r.get("provenance") or {}
+        if prov.get("weights"):
+            w = prov["weights"]
+            weights[(w.get("kind"), w.get("sha256"))] = (f"**weights**: {w.get('kind')}"
+                                                         + (f", sha256 `{w['sha256'][:16]}`" if w.get("sha256") else "")
+                                                         + (f" — {w['note']}" if w.get("note") else ""))
+        if prov.get("data"):
+            d = prov["data"]
+            count = d.get("images_with_annotations", d.get("count", "?"))
+            data[(d.get("kind"), d.get("name"), count)] = f"**data**: {d.get('kind')} — {d.get('name')}, {count} images"
+    return [f"- {line}" for line in [*weights.values(), *data.values()]]
 
 
 def summary_markdown(profile: str) -> str:
@@ -80,10 +85,10 @@ def summary_markdown(profile: str) -> str:
                 continue
             device = r.get("device") or {}
             stage_rows.append({"stage": f"[{stage}]({model}/{stage}.ipynb)", "status": r["status"],
-                               "backend": r.get("backend"), "device": device.get("name") or r["machine"].get("host_cpu"),
-                               "seconds": r.get("duration_s"), "provenance": _provenance(r),
-                               "error": (r.get("error") or "")[:160]})
-        lines += [markdown_table(stage_rows), ""]
+                               "backend": r.get("backend"),
+                               "device": device.get("name") or (r.get("machine") or {}).get("host_cpu"),
+                               "seconds": r.get("duration_s"), "error": (r.get("error") or "")[:200]})
+        lines += [markdown_table(stage_rows, digits=1), "", *_provenance_lines(list(mine.values())), ""]
         for stage, title in (("02-export", "Export: ONNX Runtime against PyTorch"),
                              ("03-convert", "Convert: compiled model against ONNX")):
             rows = (mine.get(stage) or {}).get("tables", {}).get("parity")

@@ -220,15 +220,40 @@ def outputs_dir(profile: str, backend: str) -> Path:
     return _artifacts(profile) / "outputs" / backend
 
 
+def _outputs_key(profile: str, backend: str, manifest: dict) -> dict:
+    """What saved outputs depend on: the inputs, the weights and the compiled artifacts.
+    Resuming is only safe while all three are unchanged."""
+    export = _read_json(_artifacts(profile) / "export.json", "02-export")
+    compiled = _artifacts(profile) / "compiled" / f"{backend}.json"
+    artifacts = json.loads(compiled.read_text())["artifacts"] if compiled.is_file() else {}
+    stamps = {bs: [path, Path(path).stat().st_mtime_ns if Path(path).exists() else None]
+              for bs, path in artifacts.items()}
+    return {"images": [[im["image_id"], im["path"]] for im in manifest["images"]], "dataset": manifest["dataset"],
+            "weights": export["weights"]["sha256"], "artifacts": stamps}
+
+
+def _prepare_outputs(profile: str, backend: str, manifest: dict, resume: bool) -> Path:
+    """The outputs folder, emptied unless resuming outputs made from the same inputs and model."""
+    folder = outputs_dir(profile, backend)
+    folder.mkdir(parents=True, exist_ok=True)
+    key, key_file = _outputs_key(profile, backend, manifest), folder / "key.json"
+    stale = not key_file.is_file() or json.loads(key_file.read_text()) != json.loads(json.dumps(key))
+    if stale or not resume:
+        for old in folder.glob("*.npz"):
+            old.unlink()
+    write_json_atomic(key_file, key)
+    return folder
+
+
 def infer(profile: str, backend: str, *, batch_size: int = 1, resume: bool = True,
           backend_options: dict | None = None) -> dict:
     """Run every preprocessed input through ``backend`` and save its six outputs per image
-    (``outputs/<backend>/<index>.npz``). With ``resume``, images already saved are skipped.
+    (``outputs/<backend>/<index>.npz``). With ``resume``, images already saved are skipped, as
+    long as the inputs, weights and compiled model are those they were made from.
     A last partial batch is padded for static-shape backends and the padding discarded."""
     manifest = load_manifest(profile)
-    folder = outputs_dir(profile, backend)
-    folder.mkdir(parents=True, exist_ok=True)
-    todo = [im["index"] for im in manifest["images"] if not (resume and (folder / f"{im['index']}.npz").is_file())]
+    folder = _prepare_outputs(profile, backend, manifest, resume)
+    todo = [im["index"] for im in manifest["images"] if not (folder / f"{im['index']}.npz").is_file()]
     session = open_session(profile, backend, batch_size, backend_options)
     start, calls = time.perf_counter(), 0
     with session:
