@@ -106,3 +106,26 @@ def test_infer_resumes_only_on_the_same_inputs_and_model(smoke_run):
     (folder / "key.json").write_text(json.dumps(key))
     again = pipeline.infer("smoke", "onnxruntime")
     assert again["computed"] == again["images"]
+
+
+def test_ascend_stages_through_the_notebooks_with_fakes(smoke_run, monkeypatch, tmp_path):
+    """convert -> infer -> evaluate with backend=ascend, the kernel seeing the FAKE atc,
+    npu-smi and ais_bench (tests/fakes); the records must name the (fake) NPU, not the CPU."""
+    from .conftest import FAKES
+
+    runs = tmp_path / "runs"
+    shutil.copytree(Path(os.environ["ZOOBOOK_RUNS"]) / "smoke" / "yolact_edge" / "artifacts",
+                    runs / "smoke" / "yolact_edge" / "artifacts",
+                    ignore=shutil.ignore_patterns("outputs", "compiled", "results"))
+    monkeypatch.setenv("ZOOBOOK_RUNS", str(runs))
+    monkeypatch.setenv("PATH", f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", f"{FAKES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    results = run_model("yolact_edge", ["convert", "infer", "evaluate"], profile="smoke", backend="auto",
+                        overrides={"batch_sizes": [1], "precision_mode": "allow_fp32_to_fp16"}, timeout=600)
+    assert [r.status for r in results] == ["ok"] * 3, [r.error for r in results]
+    convert = read_record("smoke", "yolact_edge", "03-convert")
+    assert convert["backend"] == "ascend" and convert["device"]["kind"] == "npu"
+    assert convert["device"]["name"] == "Ascend310P3" and convert["parameters"]["precision_mode"] == "allow_fp32_to_fp16"
+    assert (runs / "smoke" / "yolact_edge" / "artifacts" / "compiled" / "yolact_edge_bs1.om").is_file()
+    evaluate = read_record("smoke", "yolact_edge", "05-evaluate")
+    assert evaluate["metrics"]["agreement"]["recall"] > 0.99
