@@ -17,7 +17,7 @@ def test_full_profile_needs_real_coco():
 
 
 def test_full_profile_needs_official_weights():
-    with pytest.raises(FileNotFoundError, match=f"{OFFICIAL_FILENAME}: official YolactEdge weights not found"):
+    with pytest.raises(FileNotFoundError, match=f"{OFFICIAL_FILENAME}: official weights not found"):
         build(None, allow_recipe=False)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from zoobook.cli import _parse_overrides, main
 from zoobook.models.yolact_edge import SPEC
-from zoobook.records import read_record, read_records
+from zoobook.records import read_record
 from zoobook.runner import run_model
 
 ROOT = Path(__file__).parents[1]

@@ -94,3 +94,64 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def package_asset(package: str, name: str):
+    """A file shipped in ``<package>/assets/`` (manifests, BN statistics, recipe gains)."""
+    from importlib import resources
+
+    return resources.files(package) / "assets" / name
+
+
+def official_manifest(package: str) -> list[dict]:
+    """Entries (key, shape, dtype) of a model's official state dict, in file order, from its
+    ``assets/official_state_dict.json``."""
+    import json
+
+    return json.loads(package_asset(package, "official_state_dict.json").read_text())["entries"]
+
+
+def load_weights(model: nn.Module, weights: str | Path | None, default_path: Path, *, mapping,
+                 recipe, allow_recipe: bool, official_filename: str, recipe_note: str) -> dict:
+    """Fill ``model`` from a checkpoint or the recipe, strictly, and return the provenance.
+
+    ``weights`` is a checkpoint path; ``None`` uses ``default_path`` when it exists, else the
+    recipe (a zero-argument function returning the official-layout state dict) when
+    ``allow_recipe``. ``mapping`` turns official keys into the model's.
+    """
+    path = Path(weights) if weights else default_path
+    if weights or path.is_file():
+        skipped = load_strict(model, mapping(read_state_dict(path)), source=str(path))
+        return {"kind": "official" if path.name == official_filename else "checkpoint", "path": str(path),
+                "sha256": file_sha256(path),
+                "note": f"checkpoint {path.name}" + (f"; absent optional keys: {len(skipped)}" if skipped else "")}
+    if not allow_recipe:
+        raise FileNotFoundError(f"{path}: official weights not found (this profile needs them)")
+    state = recipe()
+    load_strict(model, mapping(state), source="recipe")
+    return {"kind": "recipe", "path": None, "sha256": state_digest(state), "note": recipe_note}
+
+
+def recipe_from_manifest(package: str, formula) -> dict[str, torch.Tensor]:
+    """Rebuild golden-recipe weights: walk the official manifest of ``package`` in file order;
+    ``num_batches_tracked`` is 0, BN running statistics come from ``assets/bn_running_stats.npz``,
+    and every other entry is ``formula(index, key, module, leaf, shape, is_bn)`` (a float64
+    array), cast to float32."""
+    import numpy as np
+
+    with package_asset(package, "bn_running_stats.npz").open("rb") as handle:
+        bn_stats = dict(np.load(handle))
+    entries = official_manifest(package)
+    bn_modules = {e["key"].rsplit(".", 1)[0] for e in entries if e["key"].endswith(".running_mean")}
+    state = {}
+    for index, entry in enumerate(entries):
+        key, shape = entry["key"], tuple(entry["shape"])
+        module, leaf = key.rsplit(".", 1)
+        if leaf == "num_batches_tracked":
+            state[key] = torch.tensor(0, dtype=torch.int64)
+        elif leaf in ("running_mean", "running_var"):
+            state[key] = torch.from_numpy(bn_stats[key].astype(np.float32).reshape(shape))
+        else:
+            value = formula(index, key, module, leaf, shape, module in bn_modules)
+            state[key] = torch.from_numpy(np.asarray(value, dtype=np.float32).reshape(shape))
+    return state

@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import zlib
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from zoobook.checkpoints import file_sha256, load_strict, read_state_dict, state_digest
+from zoobook.checkpoints import load_weights, package_asset, recipe_from_manifest
+from zoobook.checkpoints import official_manifest as manifest_entries
 from zoobook.models.siammask.network import SiamMask
 
 OFFICIAL_FILENAME = "SiamMask_VOT.pth"
@@ -55,48 +55,33 @@ def official_to_zoobook(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return mapped
 
 
-def load_official(model: SiamMask, path: str | Path) -> list[str]:
-    """Load a reference checkpoint (inference or training) strictly; returns absent optional keys."""
-    return load_strict(model, official_to_zoobook(read_state_dict(path)), source=str(path))
-
-
-def _asset(name: str):
-    return resources.files("zoobook.models.siammask") / "assets" / name
+_PACKAGE = "zoobook.models.siammask"
 
 
 @lru_cache(maxsize=1)
 def official_manifest() -> list[dict]:
     """The 356 entries (key, shape, dtype) of the sharp model's state dict, in file order."""
-    return json.loads(_asset("official_state_dict.json").read_text())["entries"]
+    return manifest_entries(_PACKAGE)
+
+
+def _asset(name: str):
+    return package_asset(_PACKAGE, name)
 
 
 def recipe_state_dict() -> dict[str, torch.Tensor]:
     """The golden weights in the official layout (about 1 s)."""
     gains = json.loads(_asset("weights_recipe.json").read_text())["gains"]
-    with _asset("bn_running_stats.npz").open("rb") as handle:
-        bn_stats = dict(np.load(handle))
-    entries = official_manifest()
-    bn_modules = {e["key"].rsplit(".", 1)[0] for e in entries if e["key"].endswith(".running_mean")}
-    state = {}
-    for entry in entries:
-        key, shape = entry["key"], tuple(entry["shape"])
-        module, leaf = key.rsplit(".", 1)
-        if leaf == "num_batches_tracked":
-            state[key] = torch.tensor(0, dtype=torch.int64)
-            continue
-        if leaf in ("running_mean", "running_var"):
-            state[key] = torch.from_numpy(bn_stats[key].astype(np.float32))
-            continue
+
+    def formula(index, key, module, leaf, shape, is_bn):
         rs = np.random.RandomState(zlib.crc32(key.encode("utf-8")))
-        if module in bn_modules:
-            value = 0.5 + rs.random_sample(size=shape) if leaf == "weight" else 0.2 * rs.standard_normal(size=shape)
-        elif leaf == "weight":
+        if is_bn:
+            return 0.5 + rs.random_sample(size=shape) if leaf == "weight" else 0.2 * rs.standard_normal(size=shape)
+        if leaf == "weight":
             fan_in = shape[0] if module == "refine_model.deconv" else shape[1] * shape[2] * shape[3]
-            value = rs.standard_normal(size=shape) * (gains.get(module, 1.0) * np.sqrt(2.0 / fan_in))
-        else:
-            value = 0.1 * rs.standard_normal(size=shape)
-        state[key] = torch.from_numpy(np.asarray(value, dtype=np.float32).reshape(shape))
-    return state
+            return rs.standard_normal(size=shape) * (gains.get(module, 1.0) * np.sqrt(2.0 / fan_in))
+        return 0.1 * rs.standard_normal(size=shape)
+
+    return recipe_from_manifest(_PACKAGE, formula)
 
 
 def default_weights_path() -> Path:
@@ -114,20 +99,13 @@ def build(weights: str | Path | None = None, *, allow_recipe: bool = True,
     ``allow_recipe``) the golden recipe. ``refine=False`` builds the base model.
     """
     model = SiamMask(refine=refine).eval()
-    path = Path(weights) if weights else default_weights_path()
-    if weights or path.is_file():
-        skipped = load_official(model, path)
-        provenance = {"kind": "official" if path.name == OFFICIAL_FILENAME else "checkpoint", "path": str(path),
-                      "sha256": file_sha256(path),
-                      "note": f"checkpoint {path.name}" + (f"; absent optional keys: {len(skipped)}" if skipped else "")}
-    elif allow_recipe:
+
+    def recipe() -> dict[str, torch.Tensor]:
         state = recipe_state_dict()
-        if not refine:
-            state = {k: v for k, v in state.items() if not k.startswith("refine_model.")}
-        load_strict(model, official_to_zoobook(state), source="recipe")
-        provenance = {"kind": "recipe", "path": None, "sha256": state_digest(state),
-                      "note": "synthetic golden-recipe weights (not trained): the tracker follows nothing "
-                              "real; agreement with the reference is what they check"}
-    else:
-        raise FileNotFoundError(f"{path}: official SiamMask weights not found (this profile needs them)")
+        return state if refine else {k: v for k, v in state.items() if not k.startswith("refine_model.")}
+
+    provenance = load_weights(model, weights, default_weights_path(), mapping=official_to_zoobook, recipe=recipe,
+                              allow_recipe=allow_recipe, official_filename=OFFICIAL_FILENAME,
+                              recipe_note="synthetic golden-recipe weights (not trained): the tracker follows "
+                                          "nothing real; agreement with the reference is what they check")
     return model, provenance

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoobook.models.blocks import Bottleneck
+
 ANCHORS = 5
 MASK_SIDE = 63  # the mask branch's 63x63 mask per score-map cell
 REFINE_SIDE = 127
@@ -25,30 +27,6 @@ def _conv_bn(cin: int, cout: int, kernel: int, *, stride: int = 1, padding: int 
              dilation: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation, bias=False),
                          nn.BatchNorm2d(cout))
-
-
-class Bottleneck(nn.Module):
-    """Post-activation bottleneck, stride on the 3x3; its padding, dilation and shortcut
-    kernel are parameters because SiamMask's trunk changes them per block."""
-
-    def __init__(self, cin: int, planes: int, *, stride: int = 1, padding: int = 1, dilation: int = 1,
-                 shortcut_kernel: int | None = None, shortcut_padding: int = 0) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=padding, dilation=dilation, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.downsample = None if shortcut_kernel is None else _conv_bn(
-            cin, planes * 4, shortcut_kernel, stride=stride, padding=shortcut_padding)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
 
 
 class ResNet50Trunk(nn.Module):

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from zoobook.checkpoints import file_sha256, load_strict, read_state_dict, state_digest
+from zoobook.checkpoints import load_weights, package_asset, recipe_from_manifest
+from zoobook.checkpoints import official_manifest as manifest_entries
 from zoobook.models.yolact_edge.network import YolactEdge
 
 OFFICIAL_FILENAME = "yolact_edge_resnet50_54_800000.pth"
@@ -55,49 +55,32 @@ def official_to_zoobook(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return mapped
 
 
-def load_official(model: YolactEdge, path: str | Path) -> list[str]:
-    """Load an official checkpoint strictly; returns the optional keys it lacked."""
-    state = read_state_dict(path)
-    return load_strict(model, official_to_zoobook(state), source=str(path))
-
-
-def _asset(name: str):
-    return resources.files("zoobook.models.yolact_edge") / "assets" / name
+_PACKAGE = "zoobook.models.yolact_edge"
 
 
 @lru_cache(maxsize=1)
 def official_manifest() -> list[dict]:
     """The 354 entries (key, shape, dtype, role) of the official state dict, in file order."""
-    return json.loads(_asset("official_state_dict.json").read_text())["entries"]
+    return manifest_entries(_PACKAGE)
+
+
+def _asset(name: str):
+    return package_asset(_PACKAGE, name)
 
 
 def recipe_state_dict() -> dict[str, torch.Tensor]:
     """The golden weights in the official layout, rebuilt from the recipe (about 1 s)."""
     gains = json.loads(_asset("weights_recipe.json").read_text())["gains"]
-    with _asset("bn_running_stats.npz").open("rb") as handle:
-        bn_stats = dict(np.load(handle))
-    entries = official_manifest()
-    bn_modules = {e["key"].rsplit(".", 1)[0] for e in entries if e["key"].endswith(".running_mean")}
-    state = {}
-    for index, entry in enumerate(entries):
-        key, shape = entry["key"], tuple(entry["shape"])
-        module, leaf = key.rsplit(".", 1)
-        if leaf == "num_batches_tracked":
-            state[key] = torch.tensor(0, dtype=torch.int64)
-            continue
-        if leaf in ("running_mean", "running_var"):
-            state[key] = torch.from_numpy(bn_stats[key].astype(np.float32).reshape(shape))
-            continue
+
+    def formula(index, key, module, leaf, shape, is_bn):
         u = np.random.RandomState(index).random_sample(int(np.prod(shape)))
-        gain = gains.get(module, 1.0)
-        if module in bn_modules:
-            value = 0.5 + u if leaf == "weight" else (2 * u - 1) * 0.1
-        elif len(shape) == 4:
-            value = (2 * u - 1) * np.sqrt(6.0 / (shape[1] * shape[2] * shape[3])) * gain
-        else:
-            value = (2 * u - 1) * 0.05 * gain
-        state[key] = torch.from_numpy(value.astype(np.float32).reshape(shape))
-    return state
+        if is_bn:
+            return 0.5 + u if leaf == "weight" else (2 * u - 1) * 0.1
+        if len(shape) == 4:
+            return (2 * u - 1) * np.sqrt(6.0 / (shape[1] * shape[2] * shape[3])) * gains.get(module, 1.0)
+        return (2 * u - 1) * 0.05 * gains.get(module, 1.0)
+
+    return recipe_from_manifest(_PACKAGE, formula)
 
 
 def default_weights_path() -> Path:
@@ -114,17 +97,9 @@ def build(weights: str | Path | None = None, *, allow_recipe: bool = True) -> tu
     with provenance ``{"kind": "official" | "recipe", "path", "sha256", "note"}``.
     """
     model = YolactEdge().eval()
-    path = Path(weights) if weights else default_weights_path()
-    if weights or path.is_file():
-        skipped = load_official(model, path)
-        provenance = {"kind": "official", "path": str(path), "sha256": file_sha256(path),
-                      "note": "official checkpoint" + (f"; absent optional keys: {skipped}" if skipped else "")}
-    elif allow_recipe:
-        state = recipe_state_dict()
-        load_strict(model, official_to_zoobook(state), source="recipe")
-        provenance = {"kind": "recipe", "path": None, "sha256": state_digest(state),
-                      "note": "synthetic golden-recipe weights (not trained): detections are "
-                              "meaningless as objects; backend agreement is what they check"}
-    else:
-        raise FileNotFoundError(f"{path}: official YolactEdge weights not found (this profile needs them)")
+    provenance = load_weights(model, weights, default_weights_path(), mapping=official_to_zoobook,
+                              recipe=recipe_state_dict, allow_recipe=allow_recipe,
+                              official_filename=OFFICIAL_FILENAME,
+                              recipe_note="synthetic golden-recipe weights (not trained): detections are "
+                                          "meaningless as objects; backend agreement is what they check")
     return model, provenance

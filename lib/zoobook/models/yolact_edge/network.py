@@ -5,8 +5,8 @@ Reference: haotian-liu/yolact_edge @ a9a00281b33b3ac90253a4939773308a8f95e21d,
 config ``yolact_edge_resnet50_config``. Port: Ascend/ModelZoo-PyTorch
 ``ACL_PyTorch/built-in/cv/YolactEdge_for_PyTorch`` (graph cut after FPN and protonet).
 
-Layout of this module: building blocks (bottleneck, ResNet-50, FPN, protonet, prediction
-head), then the model. The checkpoint mapping and the weight recipe live in
+Layout of this module: building blocks (ResNet-50 on the shared bottleneck, FPN, protonet,
+prediction head), then the model. The checkpoint mapping and the weight recipe live in
 ``checkpoint.py``; priors, box decoding, fast NMS and mask assembly in ``postprocess.py``.
 
 Tensors are NCHW float32 RGB, normalised with the repository's BGR mean/std (see
@@ -20,39 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoobook.models.blocks import Bottleneck
+
 FPN_CHANNELS = 256
 NUM_PROTOTYPES = 32
 NUM_CLASSES = 81  # background + 80 COCO classes
 ANCHORS_PER_CELL = 3
-
-
-class Bottleneck(nn.Module):
-    """ResNet bottleneck with the stride on the 3x3 conv (torchvision / "v1.5" layout)."""
-
-    expansion = 4
-
-    def __init__(self, in_channels: int, width: int, *, stride: int = 1) -> None:
-        super().__init__()
-        out_channels = width * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
 
 
 class ResNet50(nn.Module):
