@@ -31,7 +31,7 @@ from zoobook.data.coco import CocoDataset, find_coco, write_synthetic_coco
 from zoobook.data.images import read_bgr
 from zoobook.export import export_onnx, graph_flops, onnx_io
 from zoobook.metrics.agreement import AgreementEvaluator
-from zoobook.metrics.coco import CocoEvaluator, results_as_ground_truth, to_coco_results
+from zoobook.metrics.coco import CocoEvaluator, results_as_ground_truth
 from zoobook.models.yolact_edge import GRAPH
 from zoobook.models.yolact_edge.checkpoint import build
 from zoobook.models.yolact_edge.postprocess import postprocess
@@ -126,7 +126,8 @@ def ground_truth_file(manifest: dict) -> Path:
 def load_model(profile: str) -> tuple[torch.nn.Module, dict]:
     """The network with the weights the export stage used."""
     weights = _read_json(_artifacts(profile) / "export.json", "02-export")["weights"]
-    return build(weights["path"] if weights["kind"] == "official" else None, allow_recipe=weights["kind"] == "recipe")
+    recipe = weights["kind"] == "recipe"
+    return build(None if recipe else weights["path"], allow_recipe=recipe)
 
 
 def export(profile: str, *, opset: int = 11, weights: str | None = None, require_official: bool = False,
@@ -330,10 +331,6 @@ def agreement(manifest: dict, reference: CocoEvaluator, candidate: list, samples
     evaluator = CocoEvaluator(truth)
     evaluator.process(samples, candidate)
     return evaluator.evaluate()
-
-
-def coco_results(result, image_id: int) -> tuple[list, list]:
-    return to_coco_results(image_id, result)
 
 
 def load_image(manifest: dict, index: int) -> np.ndarray:
