@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -103,12 +104,20 @@ def package_asset(package: str, name: str):
     return resources.files(package) / "assets" / name
 
 
+@lru_cache(maxsize=8)
 def official_manifest(package: str) -> list[dict]:
     """Entries (key, shape, dtype) of a model's official state dict, in file order, from its
-    ``assets/official_state_dict.json``."""
+    ``assets/official_state_dict.json`` (read once per process)."""
     import json
 
     return json.loads(package_asset(package, "official_state_dict.json").read_text())["entries"]
+
+
+def recipe_gains(package: str) -> dict[str, float]:
+    """Per-module gains of a model's golden weight recipe (``assets/weights_recipe.json``)."""
+    import json
+
+    return json.loads(package_asset(package, "weights_recipe.json").read_text())["gains"]
 
 
 def load_weights(model: nn.Module, weights: str | Path | None, default_path: Path, *, mapping,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -79,7 +78,3 @@ def throughput_vs_batch(rows: list[dict], published: list[dict] | None = None, t
     fig.tight_layout()
     return fig
 
-
-def letterbox_thumbnail(image_bgr: np.ndarray, width: int = 320) -> np.ndarray:
-    scale = width / image_bgr.shape[1]
-    return cv2.resize(image_bgr, (width, int(image_bgr.shape[0] * scale)))

@@ -3,9 +3,9 @@ portable (extended) optimisations, so the optimised model can be inspected and c
 
 Thread-pool spinning is off by default: after each run ORT's idle threads would otherwise
 keep spinning for a while, taking the cores from the host work that follows (our
-post-processing) and from the other candidates of an interleaved benchmark. Measured on the
-2-core machine with YolactEdge: spinning saves ORT ~40 ms per 500 ms run but costs the code
-that runs next ~80 ms.
+post-processing) and from the other candidates of an interleaved benchmark; on a 2-core
+machine that costs the next piece of work more than spinning saves ORT. ``spinning=True``
+turns it back on.
 """
 
 from __future__ import annotations

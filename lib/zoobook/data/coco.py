@@ -13,13 +13,13 @@ images in ``data/coco/val2017/`` (or ``data/coco/images/``, the reference repo's
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from zoobook.data import read_json
 from zoobook.data.coco_categories import COCO_CATEGORIES
 from zoobook.data.images import read_bgr
 
@@ -31,12 +31,7 @@ class AnnotationError(ValueError):
 
 
 def _load_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise AnnotationError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
+    data = read_json(path, "annotation file", AnnotationError)
     if not isinstance(data, dict):
         raise AnnotationError(f"{path}: expected a JSON object with images, annotations, categories")
     missing = [k for k in ("images", "annotations", "categories") if k not in data]

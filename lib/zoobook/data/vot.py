@@ -12,12 +12,13 @@ Sample (``VotDataset[i]``): a :class:`VotSequence` with ``name``, ``frames`` (pa
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from zoobook.data import read_json
 
 
 class VotFormatError(ValueError):
@@ -139,15 +140,10 @@ def write_json_index(dataset: VotDataset, path: str | Path) -> Path:
 
 
 def read_json_index(path: str | Path) -> dict[str, dict]:
-    """Read a ``VOT2016.json``-style index; numbers may be stored as strings, as in the
-    reference's file."""
+    """Read a ``VOT2016.json``-style index: {sequence: {video_dir, init_rect, img_names,
+    gt_rect, width, height, tag lists}}."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: VOT JSON index not found")
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise VotFormatError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
+    index = read_json(path, "VOT JSON index", VotFormatError)
     required = ("gt_rect", "width", "height", "img_names")
     for name, entry in index.items():
         missing = [k for k in required if k not in entry]

@@ -12,15 +12,13 @@ detector, but bit-exact with the reference, so every backend can be checked agai
 
 from __future__ import annotations
 
-import json
 import re
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from zoobook.checkpoints import load_weights, package_asset, recipe_from_manifest
+from zoobook.checkpoints import load_weights, recipe_from_manifest, recipe_gains
 from zoobook.checkpoints import official_manifest as manifest_entries
 from zoobook.models.yolact_edge.network import YolactEdge
 
@@ -58,19 +56,14 @@ def official_to_zoobook(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 _PACKAGE = "zoobook.models.yolact_edge"
 
 
-@lru_cache(maxsize=1)
 def official_manifest() -> list[dict]:
     """The 354 entries (key, shape, dtype, role) of the official state dict, in file order."""
     return manifest_entries(_PACKAGE)
 
 
-def _asset(name: str):
-    return package_asset(_PACKAGE, name)
-
-
 def recipe_state_dict() -> dict[str, torch.Tensor]:
     """The golden weights in the official layout, rebuilt from the recipe (about 1 s)."""
-    gains = json.loads(_asset("weights_recipe.json").read_text())["gains"]
+    gains = recipe_gains(_PACKAGE)
 
     def formula(index, key, module, leaf, shape, is_bn):
         u = np.random.RandomState(index).random_sample(int(np.prod(shape)))
