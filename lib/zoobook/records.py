@@ -45,20 +45,24 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write JSON through a temporary file in the same folder and ``os.replace``."""
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write text through a temporary file in the same folder and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(_jsonable(data), handle, indent=1, sort_keys=False, allow_nan=True)
-            handle.write("\n")
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (see :func:`write_text_atomic`)."""
+    return write_text_atomic(path, json.dumps(_jsonable(data), indent=1, sort_keys=False, allow_nan=True) + "\n")
 
 
 def versions() -> dict[str, str]:
