@@ -78,3 +78,78 @@ def throughput_vs_batch(rows: list[dict], published: list[dict] | None = None, t
     fig.tight_layout()
     return fig
 
+
+
+# ---------------------------------------------------------------------------------------
+# Tracking
+
+
+def _polygon_patch(ax, polygon, color, label=None):
+    corners = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+    ax.add_patch(plt.Polygon(corners, closed=True, fill=False, lw=1.8, color=color, label=label))
+
+
+def show_track(frames: list[np.ndarray], polygons: list, masks: list | None = None, *, titles: list[str] | None = None,
+               ground_truth: list | None = None, columns: int = 4):
+    """A strip of frames (BGR) with the tracked polygon (and mask), optionally the ground-truth polygon."""
+    rows = int(np.ceil(len(frames) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4 * rows * frames[0].shape[0] / frames[0].shape[1]
+                                                     + 0.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, frame in enumerate(frames):
+        ax = axes.ravel()[k]
+        ax.imshow(_overlay(frame, [masks[k]] if masks is not None and masks[k] is not None else []))
+        if ground_truth is not None:
+            _polygon_patch(ax, ground_truth[k], "lime", "ground truth" if k == 0 else None)
+        if polygons[k] is not None:
+            _polygon_patch(ax, polygons[k], "red", "tracked" if k == 0 else None)
+        if titles:
+            ax.set_title(titles[k], fontsize=9)
+    if ground_truth is not None:
+        axes.ravel()[0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def track_animation_html(frames: list[np.ndarray], polygons: list, masks: list, *, every: int = 1,
+                         width: int = 427, duration_ms: int = 80) -> str:
+    """An animated GIF of the track (mask tinted, polygon in red), as an HTML ``<img>`` that
+    the notebook and the book show as is."""
+    import base64
+    import io
+
+    import cv2
+    from PIL import Image
+
+    pictures = []
+    for k in range(0, len(frames), every):
+        rgb = (_overlay(frames[k], [masks[k]] if masks[k] is not None else []) * 255).astype(np.uint8)
+        if polygons[k] is not None:
+            corners = np.round(np.asarray(polygons[k]).reshape(-1, 1, 2)).astype(np.int32)
+            cv2.polylines(rgb, [corners], True, (255, 0, 0), 2)
+        scale = width / rgb.shape[1]
+        pictures.append(Image.fromarray(cv2.resize(rgb, (width, int(round(rgb.shape[0] * scale))),
+                                                   interpolation=cv2.INTER_AREA)))
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0,
+                     optimize=True)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img src="data:image/gif;base64,{data}" alt="tracked sequence" style="max-width:100%"/>'
+
+
+def expected_overlap_curves(curves: dict[str, np.ndarray], intervals: dict[str, tuple[int, int]]):
+    """Expected average overlap Phi(L) against sequence length L, one line per candidate, the
+    averaging intervals shaded."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name, curve in curves.items():
+        ax.plot(np.arange(len(curve)), curve, label=name)
+    for (label, (low, high)), color in zip(intervals.items(), ("tab:orange", "tab:green")):
+        ax.axvspan(low, high, alpha=0.12, color=color, label=f"{label} [{low}, {high}]")
+    ax.set_xlabel("sequence length L (frames)")
+    ax.set_ylabel("expected overlap")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -65,6 +65,28 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(_jsonable(data), indent=1, sort_keys=False, allow_nan=True) + "\n")
 
 
+def file_stamps(paths: dict[str, str]) -> dict[str, list]:
+    """{name: [path, modification time in ns or None]}: part of a resume key, so that results
+    made with a compiled model are not reused once it is rebuilt."""
+    return {name: [str(path), Path(path).stat().st_mtime_ns if Path(path).exists() else None]
+            for name, path in paths.items()}
+
+
+def resumable_folder(folder: str | Path, key: Any, *, resume: bool, pattern: str) -> Path:
+    """A folder of results that can be resumed. ``key`` says what the results depend on
+    (inputs, weights, compiled model...); files matching ``pattern`` are removed unless
+    ``resume`` is set and the key saved beside them (``key.json``) is the same."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key_file = folder / "key.json"
+    stale = not key_file.is_file() or json.loads(key_file.read_text()) != json.loads(json.dumps(_jsonable(key)))
+    if stale or not resume:
+        for old in folder.glob(pattern):
+            old.unlink()
+    write_json_atomic(key_file, key)
+    return folder
+
+
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for name in _PACKAGES:

@@ -208,7 +208,15 @@ def eao_from_curve(curve: np.ndarray, interval: tuple[int, int]) -> float:
     weight = np.zeros(len(curve))
     weight[low - 1:high] = 1
     valid = ~np.isnan(curve)
+    if not np.sum(weight[valid]):
+        return math.nan  # every sequence is shorter than the interval
     return float(np.sum(curve[valid] * weight[valid]) / np.sum(weight[valid]))
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the non-NaN values; NaN when there are none (every frame in burn-in or failed)."""
+    values = values[~np.isnan(values)]
+    return float(np.mean(values)) if values.size else math.nan
 
 
 def evaluate(index: dict[str, dict], results: dict[str, list[list[float]]],
@@ -228,7 +236,7 @@ def evaluate(index: dict[str, dict], results: dict[str, list[list[float]]],
         acc = trajectory_overlaps(regions, gt, (w, h), burnin=BURNIN)
         failed = failures(regions)
         accuracy_overlaps.append(acc)
-        per_video_accuracy[name] = float(np.nanmean(acc)) if np.any(~np.isnan(acc)) else math.nan
+        per_video_accuracy[name] = _nanmean(acc)
         per_video_failures[name] = len(failed)
         eao_input.append((trajectory_overlaps(regions, gt, (w - 1, h - 1)), failed))
         total_frames += len(regions)
@@ -236,7 +244,7 @@ def evaluate(index: dict[str, dict], results: dict[str, list[list[float]]],
     lost = sum(per_video_failures.values())
     curve = expected_overlap_curve(eao_input)
     return {
-        "accuracy": float(np.nanmean(pooled)),
+        "accuracy": _nanmean(pooled),
         "robustness": 100.0 * lost / total_frames,
         "lost_number": lost,
         "frames": total_frames,

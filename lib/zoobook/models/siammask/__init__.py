@@ -4,7 +4,7 @@ See ``network.py`` (graphs), ``checkpoint.py`` (weights), ``tracker.py`` (the VO
 and ``export.py`` (the port's two graphs and the template-once split).
 """
 
-from zoobook.models.spec import GraphSpec
+from zoobook.models.spec import GraphSpec, ModelSpec, Published
 
 SEARCH_OUTPUTS = {"score": (1, 10, 25, 25), "delta": (1, 20, 25, 25), "mask": (1, 3969, 25, 25),
                   "f0": (1, 64, 125, 125), "f1": (1, 256, 63, 63), "f2": (1, 512, 31, 31),
@@ -20,3 +20,32 @@ GRAPHS = {
     "template": GraphSpec(inputs={"template": (1, 3, 127, 127)}, outputs=KERNELS),
     "search": GraphSpec(inputs={"search": (1, 3, 255, 255), **KERNELS}, outputs=SEARCH_OUTPUTS),
 }
+
+_README = "foolwood/SiamMask README (RTX 2080)"
+_PORT = "Ascend/ModelZoo-PyTorch ACL_PyTorch/contrib/cv/segmentation/SiamMask README"
+_VOT = "VOT2016 (60 sequences), the repository's evaluator, interval [100, 356]"
+
+SPEC = ModelSpec(
+    name="siammask",
+    title="SiamMask (VOT, refine)",
+    reference="foolwood/SiamMask @ 0eaac33, experiments/siammask_sharp, config_vot.json",
+    stages=("01-data", "02-export", "03-convert", "04-infer", "05-evaluate", "06-benchmark"),
+    graphs=GRAPHS,
+    published=(
+        Published("VOT2016 EAO", 0.433, "EAO", "PyTorch .pth (GPU)", _README + "; " + _PORT, 1, data=_VOT),
+        Published("VOT2016 accuracy", 0.639, "accuracy", "PyTorch .pth (GPU)", _README, 1, data=_VOT),
+        Published("VOT2016 robustness (failures per 100 frames)", 0.214, "robustness", "PyTorch .pth (GPU)",
+                  _README, 1, data=_VOT),
+        Published("VOT2016 EAO", 0.427, "EAO", "Ascend 310P3 (.om)", _PORT, 1, data=_VOT),
+        Published("tracker, PyTorch online baseline", 91.41, "FPS", "GPU (unnamed)", _PORT, 1),
+        Published("model only: 1000 / ((mask + refine ms) / 4), ais_bench --loop 1000", 1673.94, "FPS",
+                  "Ascend 310P3", _PORT, 1),
+        Published("tracker end to end, VOT2016", 56, "FPS", "RTX 2080", _README, 1),
+    ),
+    profiles={
+        "smoke": {"01-data": {"num_sequences": 1, "num_frames": 30, "demo_frames": 6},
+                  "06-benchmark": {"iterations": 2, "warmup": 1, "tracker_frames": 3}},
+        "default": {"01-data": {"num_sequences": 3, "num_frames": 380}},
+        "full": {"01-data": {"num_sequences": 0, "require_real": True}, "02-export": {"require_official": True}},
+    },
+)

@@ -159,8 +159,12 @@ class SiamMaskTracker:
     def init(self, frame: np.ndarray, box: tuple[float, float, float, float]) -> None:
         """``box`` = (x, y, w, h) of the target in ``frame``."""
         x, y, w, h = box
-        self.centre = np.array([x + w / 2, y + h / 2], dtype=np.float64)
-        self.size = np.array([w, h], dtype=np.float64)
+        self.start(frame, (x + w / 2, y + h / 2), (w, h))
+
+    def start(self, frame: np.ndarray, centre: tuple[float, float], size: tuple[float, float]) -> None:
+        """Initialise from the target's centre (x, y) and size (w, h)."""
+        self.centre = np.array(centre, dtype=np.float64)
+        self.size = np.array(size, dtype=np.float64)
         self.frame_hw = frame.shape[:2]
         self.fill = np.mean(frame, axis=(0, 1)).astype(np.uint8)  # truncated, as the reference
         context = self.config.context_amount * self.size.sum()

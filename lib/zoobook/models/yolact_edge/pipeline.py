@@ -37,7 +37,7 @@ from zoobook.models.yolact_edge.checkpoint import build
 from zoobook.models.yolact_edge.postprocess import postprocess
 from zoobook.models.yolact_edge.preprocess import INPUT_SIZE, preprocess
 from zoobook.paths import artifacts_dir, data_dir, runs_dir
-from zoobook.records import write_json_atomic
+from zoobook.records import file_stamps, resumable_folder, write_json_atomic
 
 MODEL = "yolact_edge"
 INPUT_NAMES = list(GRAPH.inputs)
@@ -227,23 +227,15 @@ def _outputs_key(profile: str, backend: str, manifest: dict) -> dict:
     export = _read_json(_artifacts(profile) / "export.json", "02-export")
     compiled = _artifacts(profile) / "compiled" / f"{backend}.json"
     artifacts = json.loads(compiled.read_text())["artifacts"] if compiled.is_file() else {}
-    stamps = {bs: [path, Path(path).stat().st_mtime_ns if Path(path).exists() else None]
-              for bs, path in artifacts.items()}
+    stamps = file_stamps(artifacts)
     return {"images": [[im["image_id"], im["path"]] for im in manifest["images"]], "dataset": manifest["dataset"],
             "weights": export["weights"]["sha256"], "artifacts": stamps}
 
 
 def _prepare_outputs(profile: str, backend: str, manifest: dict, resume: bool) -> Path:
     """The outputs folder, emptied unless resuming outputs made from the same inputs and model."""
-    folder = outputs_dir(profile, backend)
-    folder.mkdir(parents=True, exist_ok=True)
-    key, key_file = _outputs_key(profile, backend, manifest), folder / "key.json"
-    stale = not key_file.is_file() or json.loads(key_file.read_text()) != json.loads(json.dumps(key))
-    if stale or not resume:
-        for old in folder.glob("*.npz"):
-            old.unlink()
-    write_json_atomic(key_file, key)
-    return folder
+    return resumable_folder(outputs_dir(profile, backend), _outputs_key(profile, backend, manifest), resume=resume,
+                            pattern="*.npz")
 
 
 def infer(profile: str, backend: str, *, batch_size: int = 1, resume: bool = True,
