@@ -153,3 +153,23 @@ def expected_overlap_curves(curves: dict[str, np.ndarray], intervals: dict[str, 
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def latency_bars(rows: list[dict], group: str, title: str = "Latency"):
+    """Mean latency (ms) per ``group`` value, one bar per candidate."""
+    groups = list(dict.fromkeys(r[group] for r in rows))
+    names = list(dict.fromkeys(r["candidate"] for r in rows))
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for k, name in enumerate(names):
+        mine = {r[group]: r for r in rows if r["candidate"] == name}
+        xs = [i + (k - (len(names) - 1) / 2) * width for i, g in enumerate(groups) if g in mine]
+        means = [mine[g]["mean_ms"] for g in groups if g in mine]
+        ax.bar(xs, means, width, label=name)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel("mean latency per call (ms)")
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -124,8 +124,9 @@ def load_dataset(manifest: dict) -> VotDataset:
     return VotDataset(manifest["dataset"]["root"], limit=len(manifest["sequences"]))
 
 
-def demo_frames(manifest: dict) -> list[np.ndarray]:
-    return [read_bgr(p) for p in manifest["demo"]["frames"]]
+def demo_frames(manifest: dict, limit: int | None = None) -> list[np.ndarray]:
+    """The demo clip's frames (BGR), the first ``limit`` of them if given."""
+    return [read_bgr(p) for p in manifest["demo"]["frames"][:limit]]
 
 
 # ---------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ class _Recorder:
 def demo_feeds(manifest: dict, model) -> dict[str, dict[str, np.ndarray]]:
     """Each graph's inputs as the tracker makes them on the demo clip: the template crop of
     frame 0, the search crop of frame 1, the kernels and the refine inputs at the chosen cell."""
-    frames = demo_frames({"demo": {"frames": manifest["demo"]["frames"][:2]}})
+    frames = demo_frames(manifest, 2)
     recorder = _Recorder(TorchEngine(model))
     tracker = SiamMaskTracker(recorder)
     tracker.init(frames[0], manifest["demo"]["box"])
