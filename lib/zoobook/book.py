@@ -58,9 +58,17 @@ def _provenance_lines(records: list[dict]) -> list[str]:
                                                          + (f" — {w['note']}" if w.get("note") else ""))
         if prov.get("data"):
             d = prov["data"]
-            count = d.get("images_with_annotations", d.get("count", "?"))
-            data[(d.get("kind"), d.get("name"), count)] = f"**data**: {d.get('kind')} — {d.get('name')}, {count} images"
+            if "sequences" in d:
+                count = f"{d['sequences']} sequences, {d.get('frames', '?')} frames"
+            else:
+                count = f"{d.get('images_with_annotations', d.get('count', '?'))} images"
+            data[(d.get("kind"), d.get("name"), count)] = f"**data**: {d.get('kind')} — {d.get('name')}, {count}"
     return [f"- {line}" for line in [*weights.values(), *data.values()]]
+
+
+def _present(rows: list[dict], columns: list[str]) -> list[str]:
+    """The columns of ``columns`` that some row has, in that order."""
+    return [c for c in columns if any(c in r for r in rows)]
 
 
 def summary_markdown(profile: str) -> str:
@@ -93,8 +101,8 @@ def summary_markdown(profile: str) -> str:
                              ("03-convert", "Convert: compiled model against ONNX")):
             rows = (mine.get(stage) or {}).get("tables", {}).get("parity")
             if rows:
-                lines += [f"### {title}", "", markdown_table(rows, ["output", "cosine", "max_abs", "rel_euclidean",
-                                                                      "tolerance", "passed"]), ""]
+                lines += [f"### {title}", "", markdown_table(rows, _present(rows, [
+                    "graph", "output", "cosine", "max_abs", "rel_euclidean", "tolerance", "passed"])), ""]
         accuracy = (mine.get("05-evaluate") or {}).get("tables", {}).get("accuracy")
         if accuracy:
             lines += ["### Accuracy: measured and published", "", markdown_table(accuracy), ""]
@@ -104,14 +112,19 @@ def summary_markdown(profile: str) -> str:
         bench = (mine.get("06-benchmark") or {}).get("tables", {})
         if bench.get("graph"):
             lines += ["### Speed", "", "Graph latency per call (one batch), warm-up excluded, candidates interleaved:", "",
-                      markdown_table(bench["graph"], ["candidate", "batch_size", "mean_ms", "p50_ms", "p90_ms",
-                                                      "p99_ms", "throughput", "gflop_per_s"], digits=2), ""]
+                      markdown_table(bench["graph"], _present(bench["graph"], [
+                          "graph", "candidate", "batch_size", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput",
+                          "gflop_per_s"]), digits=2), ""]
         if bench.get("end_to_end"):
             lines += ["End to end per image at batch 1 (read, preprocess, graph, host post-processing):", "",
                       markdown_table(bench["end_to_end"], ["candidate", "mean_ms", "p50_ms", "p90_ms", "throughput"],
                                      digits=2), ""]
-        if bench.get("speedup"):
-            lines += [markdown_table(bench["speedup"], digits=2), ""]
+        if bench.get("tracker"):
+            lines += ["Whole tracker per frame (crops, graphs, decoding, mask paste, contour):", "",
+                      markdown_table(bench["tracker"], ["candidate", "mean_ms", "p50_ms", "p90_ms", "fps"], digits=2), ""]
+        for key in ("speedup", "derived"):
+            if bench.get(key):
+                lines += [markdown_table(bench[key], digits=2), ""]
         if bench.get("published"):
             lines += ["Published (not measured here):", "", markdown_table(bench["published"], digits=2), ""]
     return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""SiamMask end to end: the supervised experiment's reset logic on a scripted tracker, then
+the six stages on the smoke profile through papermill (and convert -> infer -> evaluate with
+the FAKE Ascend tools), with their records, result files and resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+from zoobook.data.vot import VotSequence
+from zoobook.metrics import vot
+from zoobook.models.siammask import SPEC
+from zoobook.models.siammask.experiment import run_sequence
+from zoobook.records import read_record
+from zoobook.runner import run_model
+
+SQUARE = [100.0, 100.0, 140.0, 100.0, 140.0, 140.0, 100.0, 140.0]
+FAR = [10.0, 10.0, 20.0, 10.0, 20.0, 20.0, 10.0, 20.0]
+
+
+class ScriptedTracker:
+    """Returns the ground truth, except a polygon far away on the frames in ``lose``."""
+
+    def __init__(self, lose):
+        self.lose, self.frame, self.starts = set(lose), 0, []
+
+    def start(self, frame, centre, size):
+        self.starts.append((self.frame, centre, size))
+        self.frame += 1
+
+    def track(self, frame):
+        index, self.frame = self.frame, self.frame + 1
+
+        class Result:
+            polygon = np.array(FAR if index in self.lose else SQUARE)
+
+        return Result
+
+
+def test_failures_restart_five_frames_later():
+    frames = [np.zeros((240, 320, 3), np.uint8)] * 12
+    sequence = VotSequence("s", [Path(f"{i}.jpg") for i in range(12)], np.array([SQUARE] * 12), 320, 240)
+    tracker = ScriptedTracker(lose={3})
+
+    # the scripted tracker counts calls, so frames skipped after the failure are not seen
+    run = run_sequence(tracker, sequence, frames=frames)
+    codes = [r if isinstance(r, int) else "poly" for r in run["regions"]]
+    assert codes == [1, "poly", "poly", 2, 0, 0, 0, 0, 1, "poly", "poly", "poly"]
+    assert run["failures"] == [3]
+    (first, centre, size), (second, *_) = tracker.starts
+    assert (first, second) == (0, 4)  # the fifth call: frames 4..7 were skipped
+    assert centre == (120.0, 120.0) and size == (41.0, 41.0)  # area-preserving box, +1
+
+
+@pytest.fixture(scope="module")
+def smoke_run():
+    results = run_model("siammask", profile="smoke", backend="auto", timeout=1200)
+    return {r.stage: r for r in results}
+
+
+def test_all_six_stages_run_ok_on_smoke(smoke_run):
+    assert list(smoke_run) == list(SPEC.stages)
+    failed = {s: r.error for s, r in smoke_run.items() if r.status != "ok"}
+    assert not failed, failed
+    for stage in SPEC.stages:
+        record = read_record("smoke", "siammask", stage)
+        assert record["status"] == "ok" and record["provenance"]["data"]["kind"] == "synthetic"
+
+
+def test_records_and_result_files(smoke_run):
+    from zoobook.models.siammask import pipeline
+
+    export = read_record("smoke", "siammask", "02-export")
+    assert export["provenance"]["weights"]["kind"] == "recipe" and export["metrics"]["parity_passed"]
+    assert {r["graph"] for r in export["tables"]["parity"]} == {"mask", "refine", "template", "search"}
+    assert read_record("smoke", "siammask", "03-convert")["metrics"]["parity_passed"]
+    manifest = pipeline.load_manifest("smoke")
+    for candidate in ("onnxruntime", "torch"):
+        for seq in manifest["sequences"]:
+            regions = vot.read_results(vot.results_path(pipeline.results_folder("smoke", candidate), seq["name"]))
+            assert len(regions) == seq["frames"] and regions[0] == [1]
+    evaluate = read_record("smoke", "siammask", "05-evaluate")
+    assert set(evaluate["metrics"]) >= {"onnxruntime", "torch", "agreement", "demo_agreement"}
+    assert evaluate["metrics"]["agreement"]["same_kind_of_line"] > 0.9
+    assert evaluate["metrics"]["demo_agreement"]["mean_mask_iou"] > 0.98
+    assert {r["source"] for r in evaluate["tables"]["accuracy"]} == {"measured", "published"}
+    page = nbformat.read(smoke_run["05-evaluate"].notebook, as_version=4)
+    html = [o for c in page.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
+    assert any("data:image/gif;base64" in o["data"]["text/html"] for o in html)  # the demo animation
+    bench = read_record("smoke", "siammask", "06-benchmark")
+    assert {(r["graph"], r["candidate"]) for r in bench["tables"]["graph"]} == {
+        (g, c) for g in ("mask", "refine", "template", "search") for c in ("torch", "onnxruntime")}
+    assert len(bench["tables"]["tracker"]) == 3 and all(r["fps"] > 0 for r in bench["tables"]["tracker"])
+
+
+def test_tracking_resumes_only_on_the_same_data_and_model(smoke_run):
+    from zoobook.models.siammask import pipeline
+
+    again = pipeline.track_vot("smoke", "onnxruntime", reference=False)
+    assert again["onnxruntime"]["sequences"] == {} and again["onnxruntime"]["skipped"]
+    fresh = pipeline.track_vot("smoke", "onnxruntime", reference=False, mode="port")  # another key
+    assert fresh["onnxruntime"]["skipped"] == [] and fresh["onnxruntime"]["sequences"]
+
+
+def test_ascend_stages_through_the_notebooks_with_fakes(smoke_run, monkeypatch, tmp_path):
+    """convert -> infer -> evaluate with backend=auto seeing the FAKE atc, npu-smi and
+    ais_bench (tests/fakes): four .om files, the tracker over fake NPU sessions."""
+    from .conftest import FAKES
+
+    runs = tmp_path / "runs"
+    shutil.copytree(Path(os.environ["ZOOBOOK_RUNS"]) / "smoke", runs / "smoke",
+                    ignore=shutil.ignore_patterns("compiled", "results", "demo", "scores", "yolact_edge"))
+    monkeypatch.setenv("ZOOBOOK_RUNS", str(runs))
+    monkeypatch.setenv("PATH", f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", f"{FAKES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    results = run_model("siammask", ["convert", "infer", "evaluate"], profile="smoke", backend="auto", timeout=900)
+    assert [r.status for r in results] == ["ok"] * 3, [r.error for r in results]
+    convert = read_record("smoke", "siammask", "03-convert")
+    assert convert["backend"] == "ascend" and convert["device"]["kind"] == "npu"
+    compiled = runs / "smoke" / "siammask" / "artifacts" / "compiled"
+    assert sorted(p.name for p in compiled.glob("*.om")) == ["mask.om", "refine.om", "search.om", "template.om"]
+    evaluate = read_record("smoke", "siammask", "05-evaluate")
+    assert evaluate["backend"] == "ascend" and evaluate["metrics"]["demo_agreement"]["mean_mask_iou"] > 0.98
