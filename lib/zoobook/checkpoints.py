@@ -164,3 +164,8 @@ def recipe_from_manifest(package: str, formula) -> dict[str, torch.Tensor]:
             value = formula(index, key, module, leaf, shape, module in bn_modules)
             state[key] = torch.from_numpy(np.asarray(value, dtype=np.float32).reshape(shape))
     return state
+
+
+def weights_label(provenance: dict) -> str:
+    """A short label of a weights provenance for tables: official checkpoint, recipe or checkpoint."""
+    return {"official": "official checkpoint", "recipe": "recipe (synthetic)"}.get(provenance["kind"], provenance["kind"])

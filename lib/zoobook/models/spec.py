@@ -43,6 +43,11 @@ class ModelSpec:
         """Parameters the runner injects for ``stage`` under ``profile`` (beyond profile and backend)."""
         return dict(self.profiles.get(profile, {}).get(stage, {}))
 
+    def published_rows(self, unit: str) -> list[dict]:
+        """The published figures in ``unit`` as table rows, each with its device and source."""
+        return [{"metric": p.metric, "batch_size": p.batch_size, "value": p.value, "unit": p.unit, "device": p.device,
+                 "source": p.source} for p in self.published if p.unit == unit]
+
     def resolve_stage(self, name: str) -> str:
         """Accept ``02-export``, ``export`` or ``02``."""
         for stage in self.stages:

@@ -24,6 +24,7 @@ from zoobook import bench
 from zoobook.backends import get_backend
 from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
 from zoobook.backends.torch_backend import TorchSession
+from zoobook.checkpoints import weights_label
 from zoobook.compare import compare_outputs
 from zoobook.data.images import read_bgr
 from zoobook.data.vot import VotDataset, read_json_index, write_json_index, write_synthetic_vot
@@ -409,10 +410,6 @@ def demo_agreement(candidate: dict, reference: dict) -> dict:
             "max_corner_difference_px": float(np.abs(candidate["polygons"] - reference["polygons"]).max())}
 
 
-def _weights_label(weights: dict) -> str:
-    return {"official": "official checkpoint", "recipe": "recipe (synthetic)"}.get(weights["kind"], weights["kind"])
-
-
 def vot_rows(evaluation: dict, spec) -> list[dict]:
     """Measured EAO (both intervals), accuracy and robustness per candidate, then the published figures."""
     data = evaluation["dataset"]
@@ -421,7 +418,7 @@ def vot_rows(evaluation: dict, spec) -> list[dict]:
         rows.append({"source": "measured", "backend": name, "EAO [100,356]": s["eao"]["repo"],
                      "EAO [108,371]": s["eao"]["vot2016"], "accuracy": s["accuracy"], "robustness": s["robustness"],
                      "failures": s["lost_number"], "frames": s["frames"],
-                     "weights": _weights_label(evaluation["weights"]),
+                     "weights": weights_label(evaluation["weights"]),
                      "data": f"{data['kind']}: {data['name']} ({data['sequences']} sequences)"})
     published: dict[str, dict] = {}
     for pub in spec.published:
@@ -526,8 +523,3 @@ def derived_rows(graph_rows: list[dict]) -> list[dict]:
                      "model-only FPS, 1000/(mask+refine)": 1000 / (mask + refine),
                      "port's formula, x4 (parse.py)": 4000 / (mask + refine)})
     return rows
-
-
-def published_speed_rows(spec) -> list[dict]:
-    return [{"metric": p.metric, "batch_size": p.batch_size, "value": p.value, "unit": p.unit, "device": p.device,
-             "source": p.source} for p in spec.published if p.unit == "FPS"]

@@ -26,6 +26,7 @@ from zoobook import bench
 from zoobook.backends import get_backend
 from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
 from zoobook.backends.torch_backend import TorchSession
+from zoobook.checkpoints import weights_label
 from zoobook.compare import compare_outputs
 from zoobook.data.coco import CocoDataset, find_coco, write_synthetic_coco
 from zoobook.data.images import read_bgr
@@ -387,10 +388,6 @@ def _end_to_end(session, model, images: list[dict]):
 # Tables for the notebooks and the summary
 
 
-def _weights_label(weights: dict) -> str:
-    return {"official": "official checkpoint", "recipe": "recipe (synthetic)"}.get(weights["kind"], weights["kind"])
-
-
 def accuracy_rows(evaluation: dict, spec) -> list[dict]:
     """Measured COCO AP (x100) per scored candidate, then the published figure, labelled."""
     data = evaluation["dataset"]
@@ -399,7 +396,7 @@ def accuracy_rows(evaluation: dict, spec) -> list[dict]:
         if name.startswith("agreement"):
             continue
         rows.append({"source": "measured", "backend": name, "bbox mAP": 100 * metrics["bbox"]["AP"],
-                     "segm mAP": 100 * metrics["segm"]["AP"], "weights": _weights_label(evaluation["weights"]),
+                     "segm mAP": 100 * metrics["segm"]["AP"], "weights": weights_label(evaluation["weights"]),
                      "data": f"{data['kind']}: {data['name']} ({data['images_with_annotations']} images)"})
     for pub in spec.published:
         if pub.unit == "mAP":
@@ -423,11 +420,6 @@ def agreement_rows(evaluation: dict) -> list[dict]:
             {"measure": "COCO bbox AP against the reference's detections", "value": coco.get("bbox", {}).get("AP")},
             {"measure": "COCO segm AP against the reference's detections (empty masks count as misses)",
              "value": coco.get("segm", {}).get("AP")}]
-
-
-def published_speed_rows(spec) -> list[dict]:
-    return [{"metric": p.metric, "batch_size": p.batch_size, "value": p.value, "unit": p.unit, "device": p.device,
-             "source": p.source} for p in spec.published if p.unit == "FPS"]
 
 
 def speedup_rows(rows: list[dict], baseline: str = "torch") -> list[dict]:
