@@ -85,9 +85,10 @@ def test_records_and_result_files(smoke_run):
             regions = vot.read_results(vot.results_path(pipeline.results_folder("smoke", candidate), seq["name"]))
             assert len(regions) == seq["frames"] and regions[0] == [1]
     evaluate = read_record("smoke", "siammask", "05-evaluate")
-    assert set(evaluate["metrics"]) >= {"onnxruntime", "torch", "agreement", "demo_agreement"}
+    assert set(evaluate["metrics"]) >= {"onnxruntime", "torch", "agreement", "lockstep"}
     assert evaluate["metrics"]["agreement"]["same_kind_of_line"] > 0.9
-    assert evaluate["metrics"]["demo_agreement"]["mean_mask_iou"] > 0.98
+    assert evaluate["metrics"]["lockstep"]["same_cell"] == 1.0
+    assert evaluate["metrics"]["lockstep"]["mean_mask_iou"] > 0.98
     assert {r["source"] for r in evaluate["tables"]["accuracy"]} == {"measured", "published"}
     page = nbformat.read(smoke_run["05-evaluate"].notebook, as_version=4)
     html = [o for c in page.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
@@ -125,4 +126,4 @@ def test_ascend_stages_through_the_notebooks_with_fakes(smoke_run, monkeypatch, 
     compiled = runs / "smoke" / "siammask" / "artifacts" / "compiled"
     assert sorted(p.name for p in compiled.glob("*.om")) == ["mask.om", "refine.om", "search.om", "template.om"]
     evaluate = read_record("smoke", "siammask", "05-evaluate")
-    assert evaluate["backend"] == "ascend" and evaluate["metrics"]["demo_agreement"]["mean_mask_iou"] > 0.98
+    assert evaluate["backend"] == "ascend" and evaluate["metrics"]["lockstep"]["mean_mask_iou"] > 0.98

@@ -113,7 +113,7 @@ def show_track(frames: list[np.ndarray], polygons: list, masks: list | None = No
 
 
 def track_animation_html(frames: list[np.ndarray], polygons: list, masks: list, *, every: int = 1,
-                         width: int = 427, duration_ms: int = 80) -> str:
+                         width: int = 360, duration_ms: int = 80) -> str:
     """An animated GIF of the track (mask tinted, polygon in red), as an HTML ``<img>`` that
     the notebook and the book show as is."""
     import base64
