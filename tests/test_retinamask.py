@@ -1,0 +1,227 @@
+"""RetinaMask against the reference's golden vectors (tests/golden/retinamask, trimmed from
+shared/reference/retinamask/golden by tests/golden/trim_retinamask.py), strict loading,
+RoIAlign against ONNX Runtime, NMS and the port's post-processing on hand-made cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from zoobook.checkpoints import CheckpointError
+from zoobook.models.retinamask import postprocess as pp
+from zoobook.models.retinamask.checkpoint import build, recipe_state_dict
+from zoobook.models.retinamask.network import STRIDES, SIZES, legacy_cell_anchors, mask_levels
+from zoobook.ops.roi_align import roi_align
+
+GOLDEN = Path(__file__).parent / "golden" / "retinamask"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return dict(np.load(GOLDEN / "golden_trimmed.npz"))
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return recipe_state_dict()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build()[0]
+
+
+@pytest.fixture(scope="module")
+def outputs(model, golden):
+    with torch.no_grad():
+        x = torch.from_numpy(golden["input_tensor"])
+        features, logits, deltas = model(x)
+        body = model.backbone.body(x)
+    return {"body": body, "features": features, "logits": logits, "deltas": deltas,
+            "anchors": model.anchors(features)}
+
+
+def _sorted(boxes, scores, labels):
+    return np.lexsort((boxes[:, 1], boxes[:, 0], labels, -scores))
+
+
+@pytest.fixture(scope="module")
+def detections(model, golden, outputs):
+    hw = tuple(int(v) for v in golden["image_size_hw"])
+    with torch.no_grad():
+        det = pp.original_detections(outputs["logits"], outputs["deltas"], outputs["anchors"], hw)
+        order = torch.from_numpy(_sorted(det["boxes"].numpy(), det["scores"].numpy(), det["labels"].numpy()))
+        boxes, labels = det["boxes"][order], det["labels"][order]
+        probs = model.mask_probabilities(outputs["features"], boxes, labels)
+    return {**det, "sorted_boxes": boxes, "sorted_labels": labels, "probs": probs, "hw": hw}
+
+
+def test_recipe_matches_checksums(recipe):
+    checksums = json.loads((GOLDEN / "weights_checksums.json").read_text())
+    assert len(recipe) == len(checksums) == 318
+    for key, expected in checksums.items():
+        value = recipe[key].double()
+        assert float(value.sum()) == pytest.approx(expected["sum"], rel=1e-9, abs=1e-9), key
+        assert value.flatten()[:4].tolist() == pytest.approx(expected["first4"], rel=0, abs=0), key
+
+
+def test_legacy_cell_anchors_equal_the_checkpoint_buffers(recipe):
+    for level, (stride, size) in enumerate(zip(STRIDES, SIZES)):
+        np.testing.assert_array_equal(legacy_cell_anchors(stride, size), recipe[f"rpn.anchor_generator.cell_anchors.{level}"])
+    assert legacy_cell_anchors(8, 32)[3].tolist() == [-12, -12, 19, 19]  # the ratio-1 box of P3
+
+
+@pytest.mark.parametrize("name", ["body_C3", "body_C4", "body_C5", "fpn_P3", "fpn_P4", "fpn_P5", "fpn_P6", "fpn_P7",
+                                  "head_cls_logits_P3", "head_cls_logits_P5", "head_cls_logits_P7"])
+def test_features_and_logits(outputs, golden, name):
+    kind, level = name.rsplit("_", 1)
+    index = int(level[1]) - 3
+    value = {"body": outputs["body"], "fpn": outputs["features"], "head_cls_logits": outputs["logits"]}[kind][index]
+    step = int(golden[f"{name}_step"])
+    ref = golden[f"{name}_sub"]
+    np.testing.assert_allclose(value[:, ::step].numpy(), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+    means = value.double().mean(dim=(0, 2, 3)).numpy()
+    np.testing.assert_allclose(means, golden[f"{name}_channel_mean"], rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_box_deltas_and_anchors(outputs, golden):
+    for level in range(5):
+        ref = golden[f"head_bbox_pred_P{level + 3}"]
+        np.testing.assert_allclose(outputs["deltas"][level].numpy(), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+        np.testing.assert_array_equal(outputs["anchors"][level].numpy(), golden[f"anchors_P{level + 3}"])
+
+
+@pytest.mark.parametrize("stage", ["post_nms", "final"])
+def test_detections_as_sorted_sets(detections, golden, stage):
+    key = "post_nms_" if stage == "post_nms" else ""
+    boxes, scores, labels = (detections[key + k].numpy() for k in ("boxes", "scores", "labels"))
+    order = _sorted(boxes, scores, labels)
+    assert len(scores) == len(golden[f"{stage}_scores"]) == (100 if stage == "post_nms" else 50)
+    np.testing.assert_array_equal(labels[order], golden[f"{stage}_labels"])
+    np.testing.assert_allclose(scores[order], golden[f"{stage}_scores"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(boxes[order], golden[f"{stage}_boxes_xyxy"], rtol=0, atol=1e-3)
+
+
+def test_masks_levels_paste_and_coco_boxes(model, detections, golden, outputs):
+    np.testing.assert_allclose(detections["probs"].numpy(), golden["final_mask_prob"], rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(mask_levels(detections["sorted_boxes"]).numpy(), golden["final_mask_pool_level"])
+    with torch.no_grad():
+        pooled = model.pool(outputs["features"], detections["sorted_boxes"][:2])
+        static = model.mask_probabilities(outputs["features"], detections["sorted_boxes"], detections["sorted_labels"],
+                                          static=True)
+    step = int(golden["final_mask_pooled_first2_step"])
+    np.testing.assert_allclose(pooled[:, ::step].numpy(), golden["final_mask_pooled_first2_sub"], rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(static.numpy(), detections["probs"].numpy())  # the port's pooling, same values
+    pasted = np.stack([pp.paste_original(p[0].numpy(), b.numpy(), detections["hw"])
+                       for p, b in zip(detections["probs"], detections["sorted_boxes"])])
+    shape = golden["final_masks_pasted_shape"]
+    expected = np.unpackbits(golden["final_masks_pasted_packed"], axis=-1, count=int(shape[-1])).astype(bool)
+    assert (pasted != expected).sum() <= 0.001 * expected.sum()
+    np.testing.assert_allclose(pp.coco_xywh(detections["sorted_boxes"].numpy(), plus_one=True),
+                               golden["final_boxes_coco_xywh"], rtol=0, atol=1e-3)
+
+
+def test_mask_head_unit_boxes(model, outputs, golden):
+    """Boxes on P3/P4/P5, far outside the map, sub-pixel, and at the 224-px level boundary."""
+    boxes, labels = torch.from_numpy(golden["unit_boxes_xyxy"]), torch.from_numpy(golden["unit_labels"])
+    np.testing.assert_array_equal(mask_levels(boxes).numpy(), golden["unit_pool_level"])
+    with torch.no_grad():
+        pooled = model.pool(outputs["features"], boxes)
+        logits = model.mask_logits(pooled[:1])
+        probs = model.mask_probabilities(outputs["features"], boxes, labels)
+    step = int(golden["unit_pooled_step"])
+    np.testing.assert_allclose(pooled[:, ::step].numpy(), golden["unit_pooled_sub"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(logits.numpy(), golden["unit_mask_logits_all_classes_first"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(probs.numpy(), golden["unit_mask_prob"], rtol=0, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def test_checkpoint_layouts_load_and_bad_keys_are_listed(tmp_path, recipe):
+    wrapped = {"model": {f"module.{k}": v.half() if v.is_floating_point() else v for k, v in recipe.items()},
+               "iteration": torch.tensor(20001)}
+    path = tmp_path / "ckpt.pth"
+    torch.save(wrapped, path)
+    model, provenance = build(path)
+    assert provenance["kind"] == "checkpoint" and model.rpn.head.cls_logits.weight.dtype == torch.float32
+    assert torch.equal(model.rpn.head.cls_logits.weight, recipe["rpn.head.cls_logits.weight"].half().float())
+    broken = dict(recipe)
+    del broken["rpn.anchor_generator.cell_anchors.2"]
+    broken["roi_heads.mask.predictor.mask_fcn_logits.weight"] = broken.pop("mask.predictor.mask_fcn_logits.weight")
+    broken["rpn.head.bbox_pred.bias"] = torch.zeros(4)
+    torch.save({"model": broken}, path)
+    with pytest.raises(CheckpointError) as err:
+        build(path)
+    message = str(err.value)
+    assert "missing keys: " in message and "rpn.anchor_generator.cell_anchors.2" in message
+    assert "unexpected keys: roi_heads.mask.predictor.mask_fcn_logits.weight" in message
+    assert "rpn.head.bbox_pred.bias: file (4,) vs model (36,)" in message
+
+
+# ---------------------------------------------------------------------------------------
+# RoIAlign and NMS
+
+
+def _ort_roi_align(features, rois, opset):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    attrs = {"mode": "avg", "output_height": 14, "output_width": 14, "sampling_ratio": 2, "spatial_scale": 0.125}
+    if opset >= 16:
+        attrs["coordinate_transformation_mode"] = "output_half_pixel"
+    node = helper.make_node("RoiAlign", ["x", "rois", "idx"], ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(features.shape)),
+                                            helper.make_tensor_value_info("rois", TensorProto.FLOAT, [None, 4]),
+                                            helper.make_tensor_value_info("idx", TensorProto.INT64, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": features, "rois": rois, "idx": np.zeros(len(rois), np.int64)})[0]
+
+
+@pytest.mark.parametrize("opset", [11, 16])
+def test_roi_align_matches_onnx_runtime(opset):
+    rng = np.random.RandomState(0)
+    features = rng.standard_normal((1, 8, 20, 24)).astype(np.float32)
+    rois = np.array([[10, 20, 90, 140],       # inside
+                     [-60, -40, 250, 220],    # reaching far outside the map
+                     [-300, -300, -200, -250],  # entirely outside: zeros
+                     [50.3, 40.7, 50.6, 41.0],  # sub-pixel
+                     [185, 150, 191.9, 159.9],  # at the bottom-right border
+                     [0.5, 0.25, 33.75, 17.5]], dtype=np.float32)
+    ours = roi_align(torch.from_numpy(features), torch.from_numpy(rois), torch.zeros(len(rois)), 14, 0.125, 2).numpy()
+    np.testing.assert_allclose(ours, _ort_roi_align(features, rois, opset), rtol=0, atol=1e-5)
+    assert not ours[2].any()
+
+
+def test_legacy_nms_conventions():
+    # two 10x10 boxes (11x11 with +1) overlapping in 11x5 pixels: IoU = 55 / 187
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 6, 10, 16], [50, 50, 60, 60]], dtype=torch.float32)
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    iou = 55 / (2 * 121 - 55)
+    assert float(pp.legacy_iou(boxes[:1], boxes[1:2])) == pytest.approx(iou)
+    assert pp.legacy_nms(boxes, scores, iou - 1e-6).tolist() == [0, 2]
+    equal = float(pp.legacy_iou(boxes[:1], boxes[1:2]))
+    assert pp.legacy_nms(boxes, scores, equal).tolist() == [0, 2]  # the original: IoU >= thr suppresses
+    assert pp.legacy_nms(boxes, scores, equal, suppress_equal=False).tolist() == [0, 1, 2]  # the port keeps it
+
+
+def test_port_postprocess_on_a_hand_made_case():
+    boxes = np.array([[100, 100, 300, 300], [110, 110, 310, 310], [100, 100, 300, 300], [600, 600, 700, 700]],
+                     np.float32)
+    labels = np.array([3, 3, 5, 3], np.int32)  # the same box under another class survives NMS
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    masks = np.ones((4, 1, 28, 28), np.float32)
+    out = pp.port_postprocess(boxes, labels, scores, masks, ratio=2.0, image_hw=(320, 320))
+    assert out["labels"].tolist() == [3, 5, 3] and out["scores"].tolist() == pytest.approx([0.9, 0.7, 0.6])
+    np.testing.assert_array_equal(out["boxes"][0], [50, 50, 150, 150])
+    np.testing.assert_array_equal(out["boxes"][2], [300, 300, 320, 320])  # clipped to W, H (not W - 1)
+    assert out["masks"].shape == (3, 320, 320) and out["masks"][0, 100, 100] and not out["masks"][0, 200, 200]
+    np.testing.assert_array_equal(pp.coco_xywh(out["boxes"][:1], plus_one=False), [[50, 50, 100, 100]])
