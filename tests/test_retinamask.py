@@ -225,3 +225,73 @@ def test_port_postprocess_on_a_hand_made_case():
     np.testing.assert_array_equal(out["boxes"][2], [300, 300, 320, 320])  # clipped to W, H (not W - 1)
     assert out["masks"].shape == (3, 320, 320) and out["masks"][0, 100, 100] and not out["masks"][0, 200, 200]
     np.testing.assert_array_equal(pp.coco_xywh(out["boxes"][:1], plus_one=False), [[50, 50, 100, 100]])
+
+
+# ---------------------------------------------------------------------------------------
+# The port's graph
+
+
+@pytest.fixture(scope="module")
+def port_onnx(model, tmp_path_factory):
+    from zoobook.models.retinamask.export import export_port_graph
+
+    path = tmp_path_factory.mktemp("retinamask") / "port.onnx"
+    summary = export_port_graph(model, path, size=256, top_k=50)
+    return path, summary
+
+
+def test_port_graph_exports_with_the_port_names_and_matches_pytorch(model, golden, port_onnx):
+    from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
+    from zoobook.export import onnx_io
+    from zoobook.models.retinamask.export import PortGraph, graph_shapes
+
+    path, summary = port_onnx
+    assert onnx_io(path) == graph_shapes(256, 50) and "NonMaxSuppression" not in summary["op_types"]
+    assert "RoiAlign" in summary["op_types"] and "TopK" in summary["op_types"]
+    image = np.ascontiguousarray(golden["input_tensor"][:, :, :, 64:320])  # not the export's example
+    with torch.no_grad():
+        reference = [o.numpy() for o in PortGraph(model, top_k=50)(torch.from_numpy(image))]
+    outputs = OnnxRuntimeSession(path).run({"image": image})
+    assert outputs["labels"].dtype == np.int32
+    np.testing.assert_array_equal(outputs["labels"], reference[1])
+    for (name, value), ref in zip(outputs.items(), reference):
+        np.testing.assert_allclose(value, ref, rtol=0, atol=1e-3 * max(1.0, np.abs(ref).max()), err_msg=name)
+    assert (np.diff(outputs["scores"][0]) <= 0).all()  # one global top-k, sorted
+    assert outputs["boxes"].min() >= 0 and outputs["boxes"].max() <= 256  # clamped to the input size
+
+
+def test_port_top_k_then_host_nms_equals_the_original_path(model, golden):
+    """FACTS.md section 2: the global top-k plus the port's host NMS keeps the detections the
+    original per-level path keeps, when no 0.05 threshold or per-level cap bites."""
+    from zoobook.models.retinamask.export import PortGraph
+
+    image = torch.from_numpy(golden["input_tensor"])
+    with torch.no_grad():
+        boxes, labels, scores, _ = PortGraph(model, top_k=1000)(image)
+        features, logits, deltas = model(image)
+        original = pp.original_detections(logits, deltas, model.anchors(features), (256, 384))
+    port = pp.port_postprocess(boxes[0].numpy(), labels[0].numpy(), scores[0].numpy(),
+                               np.zeros((1000, 1, 28, 28), np.float32), ratio=1.0, image_hw=(256, 384))
+    # the port clamps to the padded input, the original clips to the image: compare scores and labels
+    top = np.argsort(-original["post_nms_scores"].numpy())[:50]
+    np.testing.assert_allclose(port["scores"][:50], original["post_nms_scores"].numpy()[top], rtol=0, atol=1e-6)
+
+
+def test_cast_rewrite_for_ascend(port_onnx, tmp_path):
+    import onnx
+
+    from zoobook.models.retinamask.export import cast_roi_inputs_to_fp16
+
+    path, _ = port_onnx
+    info = cast_roi_inputs_to_fp16(path, tmp_path / "cast.onnx")
+    model = onnx.load(str(tmp_path / "cast.onnx"))
+    onnx.checker.check_model(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    roi_aligns = [n for n in model.graph.node if n.op_type == "RoiAlign"]
+    assert len(roi_aligns) == 3 and len(info["casts"]) == 3  # P3, P4, P5
+    for node in roi_aligns:
+        cast = producers[node.input[1]]
+        assert cast.op_type == "Cast" and cast.attribute[0].i == onnx.TensorProto.FLOAT16
+    original = onnx.load(str(path))
+    assert sum(n.op_type == "Cast" for n in model.graph.node) == sum(n.op_type == "Cast" for n in original.graph.node) + 3
+    assert [o.name for o in model.graph.output] == [o.name for o in original.graph.output]
