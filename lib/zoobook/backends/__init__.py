@@ -32,7 +32,12 @@ def get_backend(name: str = "auto", **options) -> Backend:
     raise ValueError(f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "Backend", "Session", "backend_options", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "Session", "backend_options", "get_backend", "resolve"]
+
+
+def resolve(name: str) -> str:
+    """The backend ``name`` stands for (``auto`` -> ``ascend`` or ``onnxruntime``)."""
+    return get_backend(name).name if name == "auto" else name
 
 
 def backend_options(name: str, *, soc_version: str | None = None, precision_mode: str | None = None,

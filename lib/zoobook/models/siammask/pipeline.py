@@ -21,7 +21,9 @@ import torch
 from tqdm import tqdm
 
 from zoobook import bench
+from zoobook.artifacts import Artifacts
 from zoobook.backends import get_backend
+from zoobook.backends import resolve as resolve_backend  # noqa: F401 (the notebooks call it)
 from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
 from zoobook.backends.torch_backend import TorchSession
 from zoobook.checkpoints import weights_label
@@ -35,7 +37,7 @@ from zoobook.models.siammask.checkpoint import build
 from zoobook.models.siammask.experiment import run_sequence
 from zoobook.models.siammask.export import export_graph, graph_module
 from zoobook.models.siammask.tracker import SessionEngine, SiamMaskTracker, TorchEngine
-from zoobook.paths import artifacts_dir, data_dir, project_root, runs_dir
+from zoobook.paths import data_dir, project_root, runs_dir
 from zoobook.records import file_stamps, resumable_folder, write_json_atomic
 
 MODEL = "siammask"
@@ -44,18 +46,9 @@ ATOL, RTOL = 5e-3, 1e-4
 DEMO = "tennis"
 
 
-def _artifacts(profile: str) -> Path:
-    return artifacts_dir(profile, MODEL)
+FILES = Artifacts(MODEL)
+_artifacts = FILES.folder
 
-
-def _read_json(path: Path, stage: str) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run stage {stage} of {MODEL} first")
-    return json.loads(path.read_text())
-
-
-def resolve_backend(backend: str) -> str:
-    return get_backend(backend).name if backend == "auto" else backend
 
 
 def candidates(backend: str, reference: bool) -> list[str]:
@@ -118,7 +111,7 @@ def prepare(profile: str, dataset: VotDataset, provenance: dict, *, demo_frames:
 
 
 def load_manifest(profile: str) -> dict:
-    return _read_json(_artifacts(profile) / "manifest.json", "01-data")
+    return FILES.read(profile, "manifest.json", "01-data")
 
 
 def load_dataset(manifest: dict) -> VotDataset:
@@ -136,7 +129,7 @@ def demo_frames(manifest: dict, limit: int | None = None) -> list[np.ndarray]:
 
 def load_model(profile: str) -> tuple[torch.nn.Module, dict]:
     """The network with the weights the export stage used."""
-    weights = _read_json(_artifacts(profile) / "export.json", "02-export")["weights"]
+    weights = FILES.read(profile, "export.json", "02-export")["weights"]
     recipe = weights["kind"] == "recipe"
     return build(None if recipe else weights["path"], allow_recipe=recipe)
 
@@ -205,7 +198,7 @@ def export(profile: str, *, opset: int = 11, weights: str | None = None, require
 
 
 def onnx_paths(profile: str) -> dict[str, str]:
-    return _read_json(_artifacts(profile) / "export.json", "02-export")["graphs"]
+    return FILES.read(profile, "export.json", "02-export")["graphs"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -240,7 +233,7 @@ def convert(profile: str, backend: str = "auto", *, backend_options: dict | None
 
 
 def _compiled(profile: str, backend: str) -> dict:
-    return _read_json(_artifacts(profile) / "compiled" / f"{backend}.json", "03-convert")
+    return FILES.read(profile, f"compiled/{backend}.json", "03-convert")
 
 
 def open_engine(profile: str, backend: str, *, mode: str = "split", model=None, backend_options: dict | None = None):
@@ -274,12 +267,12 @@ def tracker_name(weights: dict) -> str:
 
 
 def results_folder(profile: str, candidate: str) -> Path:
-    weights = _read_json(_artifacts(profile) / "export.json", "02-export")["weights"]
+    weights = FILES.read(profile, "export.json", "02-export")["weights"]
     return _artifacts(profile) / "results" / candidate / tracker_name(weights)
 
 
 def _results_key(profile: str, candidate: str, manifest: dict, mode: str) -> dict:
-    export = _read_json(_artifacts(profile) / "export.json", "02-export")
+    export = FILES.read(profile, "export.json", "02-export")
     compiled = _artifacts(profile) / "compiled" / f"{candidate}.json"
     artifacts = json.loads(compiled.read_text())["artifacts"] if compiled.is_file() else {}
     return {"dataset": manifest["dataset"], "sequences": manifest["sequences"], "weights": export["weights"]["sha256"],
@@ -378,7 +371,7 @@ def evaluate(profile: str, backend: str, *, reference: bool = True, mode: str = 
     scores = {name: vot.evaluate_folder(index, results_folder(profile, name)) for name in names}
     for name, score in scores.items():
         write_json_atomic(_artifacts(profile) / "scores" / f"{name}.json", score)
-    weights = _read_json(_artifacts(profile) / "export.json", "02-export")["weights"]
+    weights = FILES.read(profile, "export.json", "02-export")["weights"]
     out = {"scores": scores, "dataset": manifest["dataset"], "weights": weights}
     if len(names) == 2:
         out["agreement"] = agreement(index, *(results_folder(profile, n) for n in names))

@@ -23,7 +23,9 @@ import torch
 from tqdm import tqdm
 
 from zoobook import bench
+from zoobook.artifacts import Artifacts
 from zoobook.backends import get_backend
+from zoobook.backends import resolve as resolve_backend  # noqa: F401 (the notebooks call it)
 from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
 from zoobook.backends.torch_backend import TorchSession
 from zoobook.checkpoints import weights_label
@@ -37,7 +39,7 @@ from zoobook.models.yolact_edge import GRAPH
 from zoobook.models.yolact_edge.checkpoint import build
 from zoobook.models.yolact_edge.postprocess import postprocess
 from zoobook.models.yolact_edge.preprocess import INPUT_SIZE, preprocess
-from zoobook.paths import artifacts_dir, data_dir, runs_dir
+from zoobook.paths import data_dir, runs_dir
 from zoobook.records import file_stamps, resumable_folder, write_json_atomic
 
 MODEL = "yolact_edge"
@@ -47,14 +49,8 @@ OUTPUT_NAMES = list(GRAPH.outputs)
 ATOL, RTOL = 2e-3, 1e-4
 
 
-def _artifacts(profile: str) -> Path:
-    return artifacts_dir(profile, MODEL)
-
-
-def _read_json(path: Path, stage: str) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run stage {stage} of {MODEL} first")
-    return json.loads(path.read_text())
+FILES = Artifacts(MODEL)
+_artifacts = FILES.folder
 
 
 # ---------------------------------------------------------------------------------------
@@ -104,7 +100,7 @@ def preprocess_dataset(profile: str, dataset: CocoDataset, provenance: dict) -> 
 
 
 def load_manifest(profile: str) -> dict:
-    return _read_json(_artifacts(profile) / "inputs" / "manifest.json", "01-data")
+    return FILES.read(profile, "inputs/manifest.json", "01-data")
 
 
 def read_input(profile: str, index: int) -> np.ndarray:
@@ -126,7 +122,7 @@ def ground_truth_file(manifest: dict) -> Path:
 
 def load_model(profile: str) -> tuple[torch.nn.Module, dict]:
     """The network with the weights the export stage used."""
-    weights = _read_json(_artifacts(profile) / "export.json", "02-export")["weights"]
+    weights = FILES.read(profile, "export.json", "02-export")["weights"]
     recipe = weights["kind"] == "recipe"
     return build(None if recipe else weights["path"], allow_recipe=recipe)
 
@@ -153,7 +149,7 @@ def export(profile: str, *, opset: int = 11, weights: str | None = None, require
 
 
 def onnx_path(profile: str) -> Path:
-    return Path(_read_json(_artifacts(profile) / "export.json", "02-export")["onnx"])
+    return Path(FILES.read(profile, "export.json", "02-export")["onnx"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -195,16 +191,13 @@ def open_session(profile: str, backend: str, batch_size: int = 1, backend_option
     if backend == "torch":
         return TorchSession(load_model(profile)[0], INPUT_NAMES, OUTPUT_NAMES)
     engine = get_backend(backend, **(backend_options or {}))
-    manifest = _read_json(_artifacts(profile) / "compiled" / f"{engine.name}.json", "03-convert")
+    manifest = FILES.read(profile, f"compiled/{engine.name}.json", "03-convert")
     artifact = manifest["artifacts"].get(str(batch_size))
     if artifact is None:
         raise KeyError(f"no {engine.name} artifact for batch size {batch_size}; converted: "
                        f"{sorted(manifest['artifacts'])} (rerun 03-convert with batch_sizes including it)")
     return engine.open(artifact)
 
-
-def resolve_backend(backend: str) -> str:
-    return get_backend(backend).name if backend == "auto" else backend
 
 
 # ---------------------------------------------------------------------------------------
@@ -225,7 +218,7 @@ def outputs_dir(profile: str, backend: str) -> Path:
 def _outputs_key(profile: str, backend: str, manifest: dict) -> dict:
     """What saved outputs depend on: the inputs, the weights and the compiled artifacts.
     Resuming is only safe while all three are unchanged."""
-    export = _read_json(_artifacts(profile) / "export.json", "02-export")
+    export = FILES.read(profile, "export.json", "02-export")
     compiled = _artifacts(profile) / "compiled" / f"{backend}.json"
     artifacts = json.loads(compiled.read_text())["artifacts"] if compiled.is_file() else {}
     stamps = file_stamps(artifacts)

@@ -1,0 +1,23 @@
+"""The files a model's stages leave for the next ones, under ``runs/<profile>/<model>/artifacts/``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from zoobook.paths import artifacts_dir
+
+
+class Artifacts:
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def folder(self, profile: str) -> Path:
+        return artifacts_dir(profile, self.model)
+
+    def read(self, profile: str, relative: str, stage: str) -> dict:
+        """A JSON file another stage wrote; a clear error naming that stage when it is missing."""
+        path = self.folder(profile) / relative
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; run stage {stage} of {self.model} first")
+        return json.loads(path.read_text())
