@@ -119,6 +119,9 @@ def summary_markdown(profile: str) -> str:
             lines += ["End to end per image at batch 1 (read, preprocess, graph, host post-processing):", "",
                       markdown_table(bench["end_to_end"], ["candidate", "mean_ms", "p50_ms", "p90_ms", "throughput"],
                                      digits=2), ""]
+        if bench.get("host"):
+            lines += ["Host post-processing per image (NMS, rescale, mask pastes):", "",
+                      markdown_table(bench["host"], ["candidate", "mean_ms", "p50_ms", "p90_ms"], digits=2), ""]
         if bench.get("tracker"):
             lines += ["Whole tracker per frame (crops, graphs, decoding, mask paste, contour):", "",
                       markdown_table(bench["tracker"], ["candidate", "mean_ms", "p50_ms", "p90_ms", "fps"], digits=2), ""]

@@ -180,3 +180,34 @@ def write_synthetic_coco(root: str | Path, num_images: int = 8, *, seed: int = 0
     from zoobook.records import write_json_atomic
 
     return write_json_atomic(root / "annotations" / ANNOTATION_NAME, dataset)
+
+
+def locate_coco(profile: str, *, num_images: int = 24, require_real: bool = False,
+                seed: int = 0) -> tuple[CocoDataset, dict]:
+    """Real COCO val2017 under ``data/coco`` when present, else a generated set in COCO's
+    layout under ``runs/<profile>/datasets/coco-synthetic-<n>-s<seed>`` (made once; models
+    asking for other sizes get their own folder).
+    ``num_images`` 0 means all. Returns the dataset and its provenance."""
+    import json
+
+    from zoobook.paths import data_dir, runs_dir
+    from zoobook.records import write_json_atomic
+
+    real = find_coco(data_dir())
+    if real:
+        dataset = CocoDataset(*real, limit=num_images or None)
+        return dataset, {"kind": "real", "name": "COCO val2017", "annotation_file": str(real[0]),
+                         "images_with_annotations": len(dataset)}
+    if require_real:
+        raise FileNotFoundError(f"{data_dir() / 'coco/annotations/instances_val2017.json'}: real COCO val2017 "
+                                "not found; this profile needs it (images in data/coco/val2017/)")
+    root = runs_dir() / profile / "datasets" / f"coco-synthetic-{num_images}-s{seed}"
+    meta = {"num_images": num_images + 1, "seed": seed}  # +1: the generator's last image is empty
+    meta_file = root / "zoobook-generator.json"
+    if not meta_file.is_file() or json.loads(meta_file.read_text()) != meta:
+        write_synthetic_coco(root, meta["num_images"], seed=seed)
+        write_json_atomic(meta_file, meta)
+    dataset = CocoDataset(root / "annotations" / "instances_val2017.json", root / "val2017", limit=num_images or None)
+    return dataset, {"kind": "synthetic", "name": "generated COCO-format set (random polygons)",
+                     "annotation_file": str(dataset.annotation_file), "images_with_annotations": len(dataset),
+                     "seed": seed}

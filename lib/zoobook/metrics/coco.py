@@ -22,18 +22,28 @@ from zoobook.data.coco_categories import COCO_CATEGORY_IDS
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
-def to_coco_results(image_id: int, result, category_ids: list[int] = COCO_CATEGORY_IDS) -> tuple[list, list]:
-    """One image's result -> (bbox records, segm records) in COCO results format."""
+def to_coco_results(image_id: int, result, category_ids: list[int] = COCO_CATEGORY_IDS, *,
+                    plus_one: bool | None = None) -> tuple[list, list]:
+    """One image's result -> (bbox records, segm records) in COCO results format.
+
+    ``plus_one`` None: integer boxes, empty ones dropped, w = x2 - x1 (YolactEdge's writer);
+    True / False: float boxes kept as they are, w = x2 - x1 + 1 (maskrcnn-benchmark) or
+    x2 - x1 (the RetinaMask port)."""
     from pycocotools import mask as mask_utils
 
     boxes, segms = [], []
     for i in range(len(result.scores)):
-        x1, y1, x2, y2 = (int(v) for v in result.boxes[i])
-        if (x2 - x1) * (y2 - y1) <= 0:
-            continue
+        if plus_one is None:
+            x1, y1, x2, y2 = (int(v) for v in result.boxes[i])
+            if (x2 - x1) * (y2 - y1) <= 0:
+                continue
+            bbox = [round(float(v) * 10) / 10 for v in (x1, y1, x2 - x1, y2 - y1)]
+        else:
+            x1, y1, x2, y2 = (float(v) for v in result.boxes[i])
+            bbox = [x1, y1, x2 - x1 + plus_one, y2 - y1 + plus_one]
         common = {"image_id": int(image_id), "category_id": int(category_ids[int(result.classes[i])]),
                   "score": float(result.scores[i])}
-        boxes.append({**common, "bbox": [round(float(v) * 10) / 10 for v in (x1, y1, x2 - x1, y2 - y1)]})
+        boxes.append({**common, "bbox": bbox})
         rle = mask_utils.encode(np.asfortranarray(result.masks[i].astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("ascii")
         segms.append({**common, "segmentation": rle})
@@ -60,7 +70,8 @@ def results_as_ground_truth(images: list[dict], bbox_results: list[dict], segm_r
 class CocoEvaluator:
     """pycocotools COCOeval for ``iou_types`` over the images processed so far."""
 
-    def __init__(self, ground_truth: str | Path | dict, iou_types: tuple[str, ...] = ("bbox", "segm")) -> None:
+    def __init__(self, ground_truth: str | Path | dict, iou_types: tuple[str, ...] = ("bbox", "segm"), *,
+                 plus_one: bool | None = None) -> None:
         from pycocotools.coco import COCO
 
         with contextlib.redirect_stdout(io.StringIO()):
@@ -70,7 +81,7 @@ class CocoEvaluator:
                 self.coco.createIndex()
             else:
                 self.coco = COCO(str(ground_truth))
-        self.iou_types = iou_types
+        self.iou_types, self.plus_one = iou_types, plus_one
         self.reset()
 
     def reset(self) -> None:
@@ -79,7 +90,7 @@ class CocoEvaluator:
 
     def process(self, samples: list[dict], results: list) -> None:
         for sample, result in zip(samples, results, strict=True):
-            boxes, segms = to_coco_results(sample["image_id"], result)
+            boxes, segms = to_coco_results(sample["image_id"], result, plus_one=self.plus_one)
             self.add(sample["image_id"], boxes, segms)
 
     def add(self, image_id: int, bbox_results: list[dict], segm_results: list[dict]) -> None:
@@ -115,3 +126,16 @@ class CocoEvaluator:
         folder.mkdir(parents=True, exist_ok=True)
         for iou_type, name in (("bbox", "bbox_detections.json"), ("segm", "mask_detections.json")):
             (folder / f"{prefix}{name}").write_text(json.dumps(self.results[iou_type]))
+
+
+def coco_agreement(images: list[dict], reference: CocoEvaluator, candidate: list, samples: list[dict]) -> dict:
+    """COCO AP of ``candidate`` results with the reference's detections taken as ground truth
+    (``images``: ``{id, height, width, file_name}``). pycocotools scores an empty mask 0 even
+    against an identical empty one, so segm AP here is below 1 wherever the reference has
+    empty masks: read it beside :class:`~zoobook.metrics.agreement.AgreementEvaluator`."""
+    truth = results_as_ground_truth(images, reference.results["bbox"], reference.results["segm"])
+    if not truth["annotations"]:
+        return {"note": "the reference made no detections"}
+    evaluator = CocoEvaluator(truth, plus_one=reference.plus_one)
+    evaluator.process(samples, candidate)
+    return evaluator.evaluate()

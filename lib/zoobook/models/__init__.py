@@ -6,7 +6,7 @@ from importlib import import_module
 
 from zoobook.models.spec import ModelSpec
 
-MODELS = ("yolact_edge", "siammask")
+MODELS = ("yolact_edge", "siammask", "retinamask")
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -4,10 +4,43 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights) and ``postprocess.py`` (
 original post-processing and the port's).
 """
 
-from zoobook.models.spec import GraphSpec
+from zoobook.models.spec import GraphSpec, ModelSpec, Published
 
 #: the port's graph: batch 1, input 1344x1344 (BGR minus mean, padded), no NMS inside
 GRAPH = GraphSpec(
     inputs={"image": (1, 3, 1344, 1344)},
     outputs={"boxes": (1, 1000, 4), "labels": (1, 1000), "scores": (1, 1000), "masks": (1, 1000, 1, 28, 28)},
+)
+
+_PORT = "Ascend/ModelZoo-PyTorch ACL_PyTorch/contrib/cv/detection/RetinaMask README"
+_TRAIN = "Ascend/ModelZoo-PyTorch PyTorch/contrib/cv/detection/RetinaMask README"
+_AUTHORS = "chengyangfu/retinamask README"
+_CKPT = "checkpoint npu_8P_model_0020001.pth (8 NPUs, ~20k iterations)"
+
+SPEC = ModelSpec(
+    name="retinamask",
+    title="RetinaMask (ResNet-50 FPN)",
+    reference="chengyangfu/retinamask @ 5bcf2e7, config retinanet_mask_R-50-FPN_2x_adjust_std011_ms",
+    stages=("01-data", "02-export", "03-convert", "04-infer", "05-evaluate", "06-benchmark"),
+    graphs={"retinamask": GRAPH},
+    published=(
+        Published(_CKPT, 0.279, "bbox AP", "Ascend 310P (.om), batch 1", _PORT, 1,
+                  data="COCO val2017, the port's 1344 preprocessing and host post-processing"),
+        Published(_CKPT, 0.248, "segm AP", "Ascend 310P (.om), batch 1", _PORT, 1,
+                  data="COCO val2017, the port's 1344 preprocessing and host post-processing"),
+        Published(_CKPT, 0.288, "bbox AP", "NPU 8P training evaluation", _TRAIN, None, data="COCO val2017"),
+        Published(_CKPT, 0.257, "segm AP", "NPU 8P training evaluation", _TRAIN, None, data="COCO val2017"),
+        Published("the authors' 2x model", 0.394, "bbox AP", "authors (GTX 1080 Ti)", _AUTHORS, None,
+                  data="COCO minival, test scale 800"),
+        Published("the authors' 2x model", 0.349, "segm AP", "authors (GTX 1080 Ti)", _AUTHORS, None,
+                  data="COCO minival, test scale 800"),
+        Published("the port's graph, batch 1", 4.3, "FPS", "Ascend 310P", _PORT, 1),
+        Published("end to end with masks, 0.139 s per image", 7.19, "FPS", "GTX 1080 Ti", _AUTHORS, 1),
+    ),
+    profiles={
+        "smoke": {"01-data": {"num_images": 2, "input_size": 320}, "02-export": {"top_k": 100},
+                  "06-benchmark": {"iterations": 2, "warmup": 1, "images": 1}},
+        "default": {"01-data": {"num_images": 4}},
+        "full": {"01-data": {"num_images": 0, "require_real": True}, "02-export": {"require_official": True}},
+    },
 )

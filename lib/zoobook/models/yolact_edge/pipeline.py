@@ -30,16 +30,15 @@ from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
 from zoobook.backends.torch_backend import TorchSession
 from zoobook.checkpoints import weights_label
 from zoobook.compare import compare_outputs
-from zoobook.data.coco import CocoDataset, find_coco, write_synthetic_coco
+from zoobook.data.coco import CocoDataset, locate_coco
 from zoobook.data.images import read_bgr
 from zoobook.export import export_onnx, graph_flops, onnx_io
 from zoobook.metrics.agreement import AgreementEvaluator
-from zoobook.metrics.coco import CocoEvaluator, results_as_ground_truth
+from zoobook.metrics.coco import CocoEvaluator, coco_agreement
 from zoobook.models.yolact_edge import GRAPH
 from zoobook.models.yolact_edge.checkpoint import build
 from zoobook.models.yolact_edge.postprocess import postprocess
 from zoobook.models.yolact_edge.preprocess import INPUT_SIZE, preprocess
-from zoobook.paths import data_dir, runs_dir
 from zoobook.records import file_stamps, resumable_folder, write_json_atomic
 
 MODEL = "yolact_edge"
@@ -60,25 +59,8 @@ _artifacts = FILES.folder
 def locate_dataset(profile: str, *, num_images: int = 24, require_real: bool = False,
                    seed: int = 0) -> tuple[CocoDataset, dict]:
     """Real COCO val2017 under ``data/coco`` when present, else a generated set in COCO's
-    layout under ``runs/<profile>/datasets/coco-synthetic``. ``num_images`` 0 means all."""
-    real = find_coco(data_dir())
-    if real:
-        dataset = CocoDataset(*real, limit=num_images or None)
-        return dataset, {"kind": "real", "name": "COCO val2017", "annotation_file": str(real[0]),
-                         "images_with_annotations": len(dataset)}
-    if require_real:
-        raise FileNotFoundError(f"{data_dir() / 'coco/annotations/instances_val2017.json'}: real COCO val2017 "
-                                "not found; this profile needs it (images in data/coco/val2017/)")
-    root = runs_dir() / profile / "datasets" / "coco-synthetic"
-    meta = {"num_images": num_images + 1, "seed": seed}  # +1: the generator's last image is empty
-    meta_file = root / "zoobook-generator.json"
-    if not meta_file.is_file() or json.loads(meta_file.read_text()) != meta:
-        write_synthetic_coco(root, meta["num_images"], seed=seed)
-        write_json_atomic(meta_file, meta)
-    dataset = CocoDataset(root / "annotations" / "instances_val2017.json", root / "val2017", limit=num_images or None)
-    return dataset, {"kind": "synthetic", "name": "generated COCO-format set (random polygons)",
-                     "annotation_file": str(dataset.annotation_file), "images_with_annotations": len(dataset),
-                     "seed": seed}
+    layout (see :func:`zoobook.data.coco.locate_coco`). ``num_images`` 0 means all."""
+    return locate_coco(profile, num_images=num_images, require_real=require_real, seed=seed)
 
 
 def preprocess_dataset(profile: str, dataset: CocoDataset, provenance: dict) -> dict:
@@ -297,26 +279,13 @@ def evaluate(profile: str, backend: str, *, reference: bool = True) -> dict:
         metrics[name] = evaluator.evaluate()
         evaluators[name] = evaluator
     if "torch" in evaluators and backend != "torch":
-        metrics["agreement_coco"] = agreement(manifest, evaluators["torch"], results[backend], samples)
+        images = [{"id": im["image_id"], "height": im["height"], "width": im["width"], "file_name": im["file_name"]}
+                  for im in manifest["images"]]
+        metrics["agreement_coco"] = coco_agreement(images, evaluators["torch"], results[backend], samples)
         matcher = AgreementEvaluator()
         matcher.process(results["torch"], results[backend])
         metrics["agreement"] = matcher.evaluate()
     return {"metrics": metrics, "results": results, "weights": weights, "dataset": manifest["dataset"]}
-
-
-def agreement(manifest: dict, reference: CocoEvaluator, candidate: list, samples: list[dict]) -> dict:
-    """COCO AP of the candidate's detections with the reference's detections taken as
-    ground truth. pycocotools scores an empty mask 0 even against an identical empty one, so
-    segm AP here is below 1 wherever the reference has empty masks: read it beside
-    :class:`~zoobook.metrics.agreement.AgreementEvaluator`."""
-    images = [{"id": im["image_id"], "height": im["height"], "width": im["width"], "file_name": im["file_name"]}
-              for im in manifest["images"]]
-    truth = results_as_ground_truth(images, reference.results["bbox"], reference.results["segm"])
-    if not truth["annotations"]:
-        return {"note": "the reference made no detections"}
-    evaluator = CocoEvaluator(truth)
-    evaluator.process(samples, candidate)
-    return evaluator.evaluate()
 
 
 def load_image(manifest: dict, index: int) -> np.ndarray:

@@ -1,0 +1,54 @@
+"""RetinaMask input: the port's (long side to 1344, padded square) and the original's
+(short side 800, long side at most 1333, padded to a multiple of 32). Both PIL-bilinear on
+uint8 RGB, BGR channel order, minus the BGR mean, no scaling (std 1), zero padding after
+the normalisation (so a pad pixel is the mean colour)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+PIXEL_MEAN_BGR = np.array([102.9801, 115.9465, 122.7717], dtype=np.float32)
+PORT_SIZE = 1344
+MIN_SIZE, MAX_SIZE, DIVISIBILITY = 800, 1333, 32
+
+
+def port_resize(rgb: np.ndarray, size: int = PORT_SIZE) -> tuple[np.ndarray, float]:
+    """uint8 RGB -> (resized uint8 RGB with long side ``size``, ratio = size / long side)."""
+    height, width = rgb.shape[:2]
+    ratio = size / max(height, width)
+    new = (min(int(width * ratio), size), min(int(height * ratio), size))
+    return np.asarray(Image.fromarray(rgb).resize(new, Image.BILINEAR)), ratio
+
+
+def port_tensor(resized_rgb: np.ndarray, size: int = PORT_SIZE) -> np.ndarray:
+    """Resized uint8 RGB -> float32 [1, 3, size, size]: BGR minus the mean, zero-padded."""
+    bgr = resized_rgb[:, :, ::-1].astype(np.float32) - PIXEL_MEAN_BGR
+    out = np.zeros((1, 3, size, size), np.float32)
+    out[0, :, :bgr.shape[0], :bgr.shape[1]] = bgr.transpose(2, 0, 1)
+    return out
+
+
+def original_size(height: int, width: int) -> tuple[int, int]:
+    """maskrcnn-benchmark's test size (h, w): short side 800 unless the long side would pass 1333."""
+    size = MIN_SIZE
+    short, long = float(min(height, width)), float(max(height, width))
+    if long / short * size > MAX_SIZE:
+        size = int(round(MAX_SIZE * short / long))
+    if (width <= height and width == size) or (height <= width and height == size):
+        return height, width
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def original_tensor(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """uint8 RGB -> (float32 [1, 3, H32, W32], resized (h, w)): ToTensor (/255) then x255 in
+    BGR (the reference's float32 round trip), minus the mean, padded to a multiple of 32."""
+    h, w = original_size(*rgb.shape[:2])
+    resized = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
+    scaled = (resized.astype(np.float32) / np.float32(255))[:, :, ::-1] * np.float32(255) - PIXEL_MEAN_BGR
+    ph, pw = -(-h // DIVISIBILITY) * DIVISIBILITY, -(-w // DIVISIBILITY) * DIVISIBILITY
+    out = np.zeros((1, 3, ph, pw), np.float32)
+    out[0, :, :h, :w] = scaled.transpose(2, 0, 1)
+    return out, (h, w)
