@@ -31,7 +31,9 @@ def test_all_six_stages_run_ok_on_smoke(smoke_run):
 def test_records_carry_the_three_candidates_and_agreement(smoke_run):
     export = read_record("smoke", "retinamask", "02-export")
     assert export["provenance"]["weights"]["kind"] == "recipe" and export["metrics"]["parity_passed"]
-    assert [r["output"] for r in export["tables"]["parity"]] == ["boxes", "labels", "scores", "masks"]
+    assert [r["output"] for r in export["tables"]["parity"]] == [
+        "scores (sorted)", "(label, box) entries matched", "boxes (matched)", "masks (matched)"]
+    assert export["tables"]["parity"][1]["matched"] >= 0.99
     evaluate = read_record("smoke", "retinamask", "05-evaluate")
     assert {"onnxruntime", "torch", "torch, original post-processing"} <= set(evaluate["metrics"])
     assert evaluate["metrics"]["agreement"]["recall"] > 0.99 and evaluate["metrics"]["agreement"]["precision"] > 0.99

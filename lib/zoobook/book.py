@@ -102,7 +102,7 @@ def summary_markdown(profile: str) -> str:
             rows = (mine.get(stage) or {}).get("tables", {}).get("parity")
             if rows:
                 lines += [f"### {title}", "", markdown_table(rows, _present(rows, [
-                    "graph", "output", "cosine", "max_abs", "rel_euclidean", "tolerance", "passed"])), ""]
+                    "graph", "output", "matched", "cosine", "max_abs", "rel_euclidean", "tolerance", "passed"])), ""]
         accuracy = (mine.get("05-evaluate") or {}).get("tables", {}).get("accuracy")
         if accuracy:
             lines += ["### Accuracy: measured and published", "", markdown_table(accuracy), ""]

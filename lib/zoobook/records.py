@@ -65,6 +65,20 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(_jsonable(data), indent=1, sort_keys=False, allow_nan=True) + "\n")
 
 
+def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray], *, compressed: bool = False) -> Path:
+    """``np.savez`` (or ``savez_compressed``) through a temporary file and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def file_stamps(paths: dict[str, str]) -> dict[str, list]:
     """{name: [path, modification time in ns or None]}: part of a resume key, so that results
     made with a compiled model are not reused once it is rebuilt."""

@@ -45,12 +45,11 @@ def roi_align_reference(features: torch.Tensor, rois: torch.Tensor, batch_index:
         bins = size / output_size
         yl, yh, ly, vy = _axis(r[:, 1], bins[:, 1], output_size, sampling_ratio, height)
         xl, xh, lx, vx = _axis(r[:, 0], bins[:, 0], output_size, sampling_ratio, width)
-        fb = features[b]  # [k, C, H, W]
         k = len(r)
-        idx = torch.arange(k, device=features.device)[:, None, None]
+        image = b[:, None, None]
 
-        def at(ys, xs):
-            return fb[idx, :, ys[:, :, None], xs[:, None, :]]  # [k, Y, X, C]
+        def at(ys, xs):  # gathers only the sampled positions: [k, Y, X, C]
+            return features[image, :, ys[:, :, None], xs[:, None, :]]
 
         hy, hx = (1 - ly)[:, :, None, None], (1 - lx)[:, None, :, None]
         ly4, lx4 = ly[:, :, None, None], lx[:, None, :, None]

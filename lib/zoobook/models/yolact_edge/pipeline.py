@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +37,7 @@ from zoobook.models.yolact_edge import GRAPH
 from zoobook.models.yolact_edge.checkpoint import build
 from zoobook.models.yolact_edge.postprocess import postprocess
 from zoobook.models.yolact_edge.preprocess import INPUT_SIZE, preprocess
-from zoobook.records import file_stamps, resumable_folder, write_json_atomic
+from zoobook.records import file_stamps, resumable_folder, save_npz_atomic, write_json_atomic
 
 MODEL = "yolact_edge"
 INPUT_NAMES = list(GRAPH.inputs)
@@ -186,12 +184,6 @@ def open_session(profile: str, backend: str, batch_size: int = 1, backend_option
 # 04-infer
 
 
-def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
 
 def outputs_dir(profile: str, backend: str) -> Path:
     return _artifacts(profile) / "outputs" / backend
@@ -234,7 +226,7 @@ def infer(profile: str, backend: str, *, batch_size: int = 1, resume: bool = Tru
             outputs = session.run({"image": batch})
             calls += 1
             for row, index in enumerate(chunk):
-                _save_npz_atomic(folder / f"{index}.npz", {k: v[row:row + 1] for k, v in outputs.items()})
+                save_npz_atomic(folder / f"{index}.npz", {k: v[row:row + 1] for k, v in outputs.items()})
         device_times = session.device_times_ms()
     seconds = time.perf_counter() - start
     return {"images": len(manifest["images"]), "computed": len(todo), "skipped": len(manifest["images"]) - len(todo),
