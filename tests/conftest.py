@@ -72,3 +72,25 @@ def fake_ascend(monkeypatch, tmp_path):
     for name in [m for m in sys.modules if m.startswith("ais_bench")]:
         monkeypatch.delitem(sys.modules, name)
     return tmp_path / "atc.log"
+
+
+def run_smoke(model: str) -> dict:
+    """All stages of ``model`` on the smoke profile through papermill: {stage: result}."""
+    from zoobook.runner import run_model
+
+    return {r.stage: r for r in run_model(model, profile="smoke", backend="auto", timeout=1200)}
+
+
+def assert_all_stages_ok(model: str, results: dict) -> None:
+    """Every stage ran, in order, ok, recorded as such, on generated data."""
+    from zoobook.models import get_spec
+    from zoobook.records import read_record
+
+    stages = get_spec(model).stages
+    assert list(results) == list(stages)
+    failed = {s: r.error for s, r in results.items() if r.status != "ok"}
+    assert not failed, failed
+    for stage in stages:
+        record = read_record("smoke", model, stage)
+        assert record["status"] == "ok" and record["profile"] == "smoke"
+        assert record["provenance"]["data"]["kind"] == "synthetic"

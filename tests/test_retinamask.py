@@ -169,7 +169,6 @@ def test_checkpoint_layouts_load_and_bad_keys_are_listed(tmp_path, recipe):
 
 
 def _ort_roi_align(features, rois, opset):
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 

@@ -8,24 +8,18 @@ import json
 import numpy as np
 import pytest
 
-from zoobook.models.retinamask import SPEC
 from zoobook.records import read_record
-from zoobook.runner import run_model
+
+from .conftest import assert_all_stages_ok, run_smoke
 
 
 @pytest.fixture(scope="module")
 def smoke_run():
-    results = run_model("retinamask", profile="smoke", backend="auto", timeout=1200)
-    return {r.stage: r for r in results}
+    return run_smoke("retinamask")
 
 
 def test_all_six_stages_run_ok_on_smoke(smoke_run):
-    assert list(smoke_run) == list(SPEC.stages)
-    failed = {s: r.error for s, r in smoke_run.items() if r.status != "ok"}
-    assert not failed, failed
-    for stage in SPEC.stages:
-        record = read_record("smoke", "retinamask", stage)
-        assert record["status"] == "ok" and record["provenance"]["data"]["kind"] == "synthetic"
+    assert_all_stages_ok("retinamask", smoke_run)
 
 
 def test_records_carry_the_three_candidates_and_agreement(smoke_run):

@@ -12,27 +12,21 @@ import nbformat
 import pytest
 
 from zoobook.cli import _parse_overrides, main
-from zoobook.models.yolact_edge import SPEC
 from zoobook.records import read_record
 from zoobook.runner import run_model
+
+from .conftest import assert_all_stages_ok, run_smoke
 
 ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
 def smoke_run():
-    results = run_model("yolact_edge", profile="smoke", backend="auto", timeout=1200)
-    return {r.stage: r for r in results}
+    return run_smoke("yolact_edge")
 
 
 def test_all_six_stages_run_ok_on_smoke(smoke_run):
-    assert list(smoke_run) == list(SPEC.stages)
-    failed = {s: r.error for s, r in smoke_run.items() if r.status != "ok"}
-    assert not failed, failed
-    for stage in SPEC.stages:
-        record = read_record("smoke", "yolact_edge", stage)
-        assert record["status"] == "ok" and record["profile"] == "smoke"
-        assert record["provenance"]["data"]["kind"] == "synthetic"
+    assert_all_stages_ok("yolact_edge", smoke_run)
 
 
 def test_records_carry_results_and_provenance(smoke_run):

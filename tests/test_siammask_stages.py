@@ -14,10 +14,11 @@ import pytest
 
 from zoobook.data.vot import VotSequence
 from zoobook.metrics import vot
-from zoobook.models.siammask import SPEC
 from zoobook.models.siammask.experiment import run_sequence
 from zoobook.records import read_record
 from zoobook.runner import run_model
+
+from .conftest import assert_all_stages_ok, run_smoke
 
 SQUARE = [100.0, 100.0, 140.0, 100.0, 140.0, 140.0, 100.0, 140.0]
 FAR = [10.0, 10.0, 20.0, 10.0, 20.0, 20.0, 10.0, 20.0]
@@ -59,17 +60,11 @@ def test_failures_restart_five_frames_later():
 
 @pytest.fixture(scope="module")
 def smoke_run():
-    results = run_model("siammask", profile="smoke", backend="auto", timeout=1200)
-    return {r.stage: r for r in results}
+    return run_smoke("siammask")
 
 
 def test_all_six_stages_run_ok_on_smoke(smoke_run):
-    assert list(smoke_run) == list(SPEC.stages)
-    failed = {s: r.error for s, r in smoke_run.items() if r.status != "ok"}
-    assert not failed, failed
-    for stage in SPEC.stages:
-        record = read_record("smoke", "siammask", stage)
-        assert record["status"] == "ok" and record["provenance"]["data"]["kind"] == "synthetic"
+    assert_all_stages_ok("siammask", smoke_run)
 
 
 def test_records_and_result_files(smoke_run):

@@ -32,8 +32,7 @@ from zoobook.compare import compare_tensors
 from zoobook.data.coco import CocoDataset, locate_coco
 from zoobook.data.images import read_bgr
 from zoobook.export import graph_flops, onnx_io
-from zoobook.metrics.agreement import AgreementEvaluator
-from zoobook.metrics.coco import CocoEvaluator, coco_agreement
+from zoobook.metrics.coco import score_candidates
 from zoobook.models.retinamask import GRAPH
 from zoobook.models.retinamask import postprocess as post
 from zoobook.models.retinamask.checkpoint import build
@@ -303,7 +302,6 @@ def evaluate(profile: str, backend: str, *, reference: bool = True, original: bo
     pipeline at its own scale (its COCO boxes with w = x2 - x1 + 1, as it writes them)."""
     manifest = load_manifest(profile)
     model, weights = load_model(profile)
-    samples = [{"image_id": im["image_id"], "height": im["height"], "width": im["width"]} for im in manifest["images"]]
     results: dict[str, list] = {backend: []}
     if reference and backend != "torch":
         results["torch"] = []
@@ -318,20 +316,8 @@ def evaluate(profile: str, backend: str, *, reference: bool = True, original: bo
             results["torch"].append(port_result(dict(zip(OUTPUT_NAMES, (o.numpy() for o in outs))), im))
         if original:
             results[CANDIDATE_ORIGINAL].append(original_result(model, load_image(manifest, im["index"])))
-    metrics, evaluators = {}, {}
-    for name, found in results.items():
-        evaluator = CocoEvaluator(ground_truth_file(manifest), plus_one=name == CANDIDATE_ORIGINAL)
-        evaluator.process(samples, found)
-        evaluator.dump(_artifacts(profile) / "results" / name.replace(", ", "-").replace(" ", "_"))
-        metrics[name] = evaluator.evaluate()
-        evaluators[name] = evaluator
-    if "torch" in evaluators and backend != "torch":
-        images = [{"id": im["image_id"], "height": im["height"], "width": im["width"], "file_name": im["file_name"]}
-                  for im in manifest["images"]]
-        metrics["agreement_coco"] = coco_agreement(images, evaluators["torch"], results[backend], samples)
-        matcher = AgreementEvaluator()
-        matcher.process(results["torch"], results[backend])
-        metrics["agreement"] = matcher.evaluate()
+    metrics = score_candidates(ground_truth_file(manifest), manifest["images"], results, backend=backend,
+                               folder=_artifacts(profile) / "results", plus_one={CANDIDATE_ORIGINAL: True, backend: False, "torch": False})
     return {"metrics": metrics, "results": results, "weights": weights, "dataset": manifest["dataset"],
             "input_size": manifest["input_size"], "top_k": top_k(profile)}
 

@@ -31,8 +31,7 @@ from zoobook.compare import compare_outputs
 from zoobook.data.coco import CocoDataset, locate_coco
 from zoobook.data.images import read_bgr
 from zoobook.export import export_onnx, graph_flops, onnx_io
-from zoobook.metrics.agreement import AgreementEvaluator
-from zoobook.metrics.coco import CocoEvaluator, coco_agreement
+from zoobook.metrics.coco import score_candidates
 from zoobook.models.yolact_edge import GRAPH
 from zoobook.models.yolact_edge.checkpoint import build
 from zoobook.models.yolact_edge.postprocess import postprocess
@@ -263,20 +262,8 @@ def evaluate(profile: str, backend: str, *, reference: bool = True) -> dict:
             with torch.inference_mode():
                 outputs = model(torch.from_numpy(read_input(profile, im["index"])[None]))
             results["torch"].append(postprocess(model.head, list(outputs), size)[0])
-    metrics, evaluators = {}, {}
-    for name, found in results.items():
-        evaluator = CocoEvaluator(ground_truth_file(manifest))
-        evaluator.process(samples, found)
-        evaluator.dump(_artifacts(profile) / "results" / name)
-        metrics[name] = evaluator.evaluate()
-        evaluators[name] = evaluator
-    if "torch" in evaluators and backend != "torch":
-        images = [{"id": im["image_id"], "height": im["height"], "width": im["width"], "file_name": im["file_name"]}
-                  for im in manifest["images"]]
-        metrics["agreement_coco"] = coco_agreement(images, evaluators["torch"], results[backend], samples)
-        matcher = AgreementEvaluator()
-        matcher.process(results["torch"], results[backend])
-        metrics["agreement"] = matcher.evaluate()
+    metrics = score_candidates(ground_truth_file(manifest), manifest["images"], results, backend=backend,
+                               folder=_artifacts(profile) / "results")
     return {"metrics": metrics, "results": results, "weights": weights, "dataset": manifest["dataset"]}
 
 
