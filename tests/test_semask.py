@@ -1,0 +1,95 @@
+"""SeMask-FPN against the reference's golden vectors (tests/golden/semask, trimmed from
+shared/reference/semask/golden by tests/golden/trim_semask.py) and strict loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from zoobook.checkpoints import CheckpointError
+from zoobook.models.semask.checkpoint import build, recipe_state_dict
+from zoobook.models.semask.network import relative_position_index, shift_mask
+
+GOLDEN = Path(__file__).parent / "golden" / "semask"
+MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return recipe_state_dict()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build()[0]
+
+
+def _input(golden) -> torch.Tensor:
+    """The golden input, rebuilt as its README says: float32((RGB u8 as float64 - mean) / std), NCHW."""
+    x = ((golden["image_rgb_u8"].astype(np.float64) - MEAN) / STD).astype(np.float32).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+@pytest.fixture(scope="module", params=["golden_1x3x256x512", "golden_2x3x128x256"])
+def run(request, model):
+    golden = dict(np.load(GOLDEN / f"{request.param}_trimmed.npz"))
+    x = _input(golden)
+    with torch.no_grad():
+        features, semantic = model.backbone(x)
+        logits = model.decode_head(features)
+        pred = model(x)
+        upsampled = torch.nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return golden, features, semantic, logits, upsampled, pred
+
+
+def test_recipe_matches_checksums(recipe):
+    checksums = json.loads((GOLDEN / "weights_checksums.json").read_text())
+    assert len(recipe) == len(checksums) == 445
+    for key, expected in checksums.items():
+        value = recipe[key].double()
+        assert float(value.sum()) == pytest.approx(expected["sum"], rel=1e-9, abs=1e-9), key
+        assert value.flatten()[:4].tolist() == expected["first"], key
+
+
+def test_features_and_semantic_maps(run):
+    golden, features, semantic, *_ = run
+    for i in range(4):
+        step = int(golden[f"feat{i}_step"])
+        np.testing.assert_allclose(features[i][:, ::step].numpy(), golden[f"feat{i}_sub"], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(features[i].double().mean(dim=(0, 2, 3)).numpy(), golden[f"feat{i}_channel_mean"],
+                                   rtol=0, atol=1e-5)
+        np.testing.assert_allclose(semantic[i].numpy(), golden[f"sem{i}"], rtol=0, atol=1e-4)
+
+
+def test_logits_and_class_map(run):
+    golden, _, _, logits, upsampled, pred = run
+    np.testing.assert_allclose(logits.numpy(), golden["seg_logits_q"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(upsampled[:, :, ::8].numpy(), golden["logits_rows_sub"], rtol=0, atol=1e-4)
+    assert pred.dtype == torch.int64
+    assert (pred.numpy() == golden["pred"]).mean() >= 0.999
+
+
+def test_window_helpers_by_hand():
+    index = relative_position_index()
+    assert index[0, 0] == 6 * 13 + 6 and index[0, 48] == 0 and index[48, 0] == 168
+    mask = shift_mask(14, 14)  # 2 x 2 windows; only the last row and column of windows see regions
+    assert mask.shape == (4, 49, 49) and not mask[0].any()
+    assert set(mask[3].unique().tolist()) == {-100.0, 0.0}
+    # in the bottom-right window, token (0,0) is in region 4 and token (6,6) in region 8
+    assert mask[3, 0, 48] == -100 and mask[3, 0, 1] == 0
+
+
+def test_strict_loading(tmp_path, recipe):
+    path = tmp_path / "semask.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in recipe.items()}}, path)
+    assert build(path)[1]["kind"] == "checkpoint"
+    broken = dict(recipe)
+    broken["neck.lateral_convs.0.conv.weight"] = torch.zeros(256, 96, 1, 1)
+    del broken["backbone.layers.2.semantic_layer.class_injection.0.gamma"]
+    torch.save({"state_dict": broken}, path)
+    with pytest.raises(CheckpointError, match="missing keys: backbone.layers.2.semantic_layer.class_injection.0.gamma"):
+        build(path)
