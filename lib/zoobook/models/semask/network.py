@@ -54,16 +54,15 @@ def window_reverse(windows: torch.Tensor, b: int, h: int, w: int) -> torch.Tenso
 
 def shift_mask(hp: int, wp: int) -> torch.Tensor:
     """The shifted-window attention mask [windows, 49, 49]: -100 between tokens of different
-    regions (three bands per axis on the padded map), 0 elsewhere."""
-    labels = torch.zeros(1, hp, wp, 1)
-    region = 0
-    for rows in (slice(0, -WINDOW), slice(-WINDOW, -SHIFT), slice(-SHIFT, None)):
-        for cols in (slice(0, -WINDOW), slice(-WINDOW, -SHIFT), slice(-SHIFT, None)):
-            labels[:, rows, cols, :] = region
-            region += 1
-    windows = window_partition(labels).squeeze(-1)
+    regions (three bands per axis on the padded map), 0 elsewhere. Built with numpy, so an
+    exported graph holds it as a constant."""
+    import numpy as np
+
+    bands = lambda size: np.digitize(np.arange(size), [size - WINDOW, size - SHIFT])  # noqa: E731
+    labels = (bands(hp)[:, None] * 3 + bands(wp)[None, :]).astype(np.float32)
+    windows = labels.reshape(hp // WINDOW, WINDOW, wp // WINDOW, WINDOW).transpose(0, 2, 1, 3).reshape(-1, WINDOW ** 2)
     diff = windows[:, None, :] - windows[:, :, None]
-    return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))
+    return torch.from_numpy(np.where(diff != 0, -100.0, 0.0).astype(np.float32))
 
 
 def relative_position_index() -> torch.Tensor:
