@@ -317,7 +317,8 @@ def evaluate(profile: str, backend: str, *, reference: bool = True, original: bo
         if original:
             results[CANDIDATE_ORIGINAL].append(original_result(model, load_image(manifest, im["index"])))
     metrics = score_candidates(ground_truth_file(manifest), manifest["images"], results, backend=backend,
-                               folder=_artifacts(profile) / "results", plus_one={CANDIDATE_ORIGINAL: True, backend: False, "torch": False})
+                               folder=_artifacts(profile) / "results",
+                               plus_one={CANDIDATE_ORIGINAL: True, backend: False, "torch": False})
     return {"metrics": metrics, "results": results, "weights": weights, "dataset": manifest["dataset"],
             "input_size": manifest["input_size"], "top_k": top_k(profile)}
 
