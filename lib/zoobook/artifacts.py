@@ -21,3 +21,9 @@ class Artifacts:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found; run stage {stage} of {self.model} first")
         return json.loads(path.read_text())
+
+    def compiled(self, profile: str, backend: str) -> dict[str, str]:
+        """The artifacts 03-convert compiled for ``backend`` ({name or batch size: path});
+        empty when it has not run for that backend."""
+        path = self.folder(profile) / "compiled" / f"{backend}.json"
+        return json.loads(path.read_text())["artifacts"] if path.is_file() else {}

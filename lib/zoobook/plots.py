@@ -89,6 +89,12 @@ def _polygon_patch(ax, polygon, color, label=None):
     ax.add_patch(plt.Polygon(corners, closed=True, fill=False, lw=1.8, color=color, label=label))
 
 
+def evenly_spaced(count: int, shown: int) -> list[int]:
+    """``shown`` indices spread over 0 .. count - 1, first and last included (for strips of frames)."""
+    shown = min(shown, count)
+    return [round(i * (count - 1) / max(1, shown - 1)) for i in range(shown)]
+
+
 def show_track(frames: list[np.ndarray], polygons: list, masks: list | None = None, *, titles: list[str] | None = None,
                ground_truth: list | None = None, columns: int = 4):
     """A strip of frames (BGR) with the tracked polygon (and mask), optionally the ground-truth polygon."""

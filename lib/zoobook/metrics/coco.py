@@ -167,3 +167,30 @@ def score_candidates(ground_truth: str | Path, images: list[dict], results: dict
         matcher.process(results["torch"], results[backend])
         metrics["agreement"] = matcher.evaluate()
     return metrics
+
+
+def agreement_rows(evaluation: dict) -> list[dict]:
+    """The backend's agreement with PyTorch (``evaluation["metrics"]`` of :func:`score_candidates`)
+    as table rows; empty when PyTorch was not scored beside it."""
+    metrics = evaluation["metrics"]
+    if "agreement" not in metrics:
+        return []
+    match, coco = metrics["agreement"], metrics.get("agreement_coco", {})
+    return [{"measure": "reference detections matched (recall)", "value": match["recall"]},
+            {"measure": "backend detections matched (precision)", "value": match["precision"]},
+            {"measure": "mean box IoU of matches", "value": match["mean_box_iou"]},
+            {"measure": "mean mask IoU of matches (two empty masks agree)", "value": match["mean_mask_iou"]},
+            {"measure": "largest score difference", "value": match["max_score_diff"]},
+            {"measure": "share of mask pixels differing", "value": match["mask_pixels_differing"]},
+            {"measure": "COCO bbox AP against the reference's detections", "value": coco.get("bbox", {}).get("AP")},
+            {"measure": "COCO segm AP against the reference's detections (empty masks count as misses)",
+             "value": coco.get("segm", {}).get("AP")}]
+
+
+def record_metrics(evaluation: dict) -> dict:
+    """The scores of :func:`score_candidates` for a stage record (pycocotools' text summary left out)."""
+    out = {}
+    for name, metrics in evaluation["metrics"].items():
+        out[name] = dict(metrics) if name == "agreement" else {
+            t: {k: v for k, v in m.items() if k != "summary"} if isinstance(m, dict) else m for t, m in metrics.items()}
+    return out

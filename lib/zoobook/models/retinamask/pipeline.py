@@ -32,7 +32,7 @@ from zoobook.compare import compare_tensors
 from zoobook.data.coco import CocoDataset, locate_coco
 from zoobook.data.images import read_bgr
 from zoobook.export import graph_flops, onnx_io
-from zoobook.metrics.coco import score_candidates
+from zoobook.metrics.coco import agreement_rows, record_metrics, score_candidates  # noqa: F401 (notebooks)
 from zoobook.models.retinamask import GRAPH
 from zoobook.models.retinamask import postprocess as post
 from zoobook.models.retinamask.checkpoint import build
@@ -95,6 +95,14 @@ def read_input(profile: str, index: int, manifest: dict | None = None) -> np.nda
     return port_tensor(image[:, :, ::-1], manifest["input_size"])
 
 
+def input_summary(profile: str, manifest: dict, index: int = 0) -> dict:
+    """What the port's tensor of one image looks like: shape, ratio, BGR means inside the image."""
+    tensor, image = read_input(profile, index, manifest), manifest["images"][index]
+    h, w = image["resized_hw"]
+    return {"images": len(manifest["images"]), "tensor": list(tensor.shape), "ratio": image["ratio"],
+            "mean per channel (BGR, before padding)": tensor[0, :, :h, :w].mean(axis=(1, 2)).round(2).tolist()}
+
+
 def write_bin(profile: str, index: int, path: str | Path) -> Path:
     """The port's ``.bin`` for ``ais_bench --input``: the raw float32 tensor."""
     read_input(profile, index).tofile(path)
@@ -119,7 +127,7 @@ def load_model(profile: str) -> tuple[torch.nn.Module, dict]:
     return build(None if recipe else weights["path"], allow_recipe=recipe)
 
 
-def top_k(profile: str) -> int:
+def exported_top_k(profile: str) -> int:
     return FILES.read(profile, "export.json", "02-export")["top_k"]
 
 
@@ -217,7 +225,7 @@ def open_session(profile: str, backend: str, backend_options: dict | None = None
     """The eager graph for ``torch``, else the compiled artifact."""
     if backend == "torch":
         model = model if model is not None else load_model(profile)[0]
-        return TorchSession(PortGraph(model, top_k=top_k(profile)), INPUT_NAMES, OUTPUT_NAMES)
+        return TorchSession(PortGraph(model, top_k=exported_top_k(profile)), INPUT_NAMES, OUTPUT_NAMES)
     engine = get_backend(backend, **(backend_options or {}))
     return engine.open(FILES.read(profile, f"compiled/{engine.name}.json", "03-convert")["artifacts"]["graph"])
 
@@ -232,8 +240,7 @@ def outputs_dir(profile: str, backend: str) -> Path:
 
 def _outputs_key(profile: str, backend: str, manifest: dict) -> dict:
     export = FILES.read(profile, "export.json", "02-export")
-    compiled = _artifacts(profile) / "compiled" / f"{backend}.json"
-    artifacts = FILES.read(profile, f"compiled/{backend}.json", "03-convert")["artifacts"] if compiled.is_file() else {}
+    artifacts = FILES.compiled(profile, backend)
     return {"images": [[im["image_id"], im["path"]] for im in manifest["images"]], "dataset": manifest["dataset"],
             "input_size": manifest["input_size"], "weights": export["weights"]["sha256"], "top_k": export["top_k"],
             "artifacts": file_stamps(artifacts)}
@@ -307,7 +314,7 @@ def evaluate(profile: str, backend: str, *, reference: bool = True, original: bo
         results["torch"] = []
     if original:
         results[CANDIDATE_ORIGINAL] = []
-    graph = PortGraph(model, top_k=top_k(profile)).eval()
+    graph = PortGraph(model, top_k=exported_top_k(profile)).eval()
     for im in tqdm(manifest["images"], desc="evaluate"):
         results[backend].append(port_result(load_outputs(profile, backend, im["index"]), im))
         if "torch" in results and backend != "torch":
@@ -320,7 +327,7 @@ def evaluate(profile: str, backend: str, *, reference: bool = True, original: bo
                                folder=_artifacts(profile) / "results",
                                plus_one={CANDIDATE_ORIGINAL: True, backend: False, "torch": False})
     return {"metrics": metrics, "results": results, "weights": weights, "dataset": manifest["dataset"],
-            "input_size": manifest["input_size"], "top_k": top_k(profile)}
+            "input_size": manifest["input_size"], "top_k": exported_top_k(profile)}
 
 
 def accuracy_rows(evaluation: dict, spec) -> list[dict]:
@@ -345,28 +352,6 @@ def accuracy_rows(evaluation: dict, spec) -> list[dict]:
     return rows + list(published.values())
 
 
-def agreement_rows(evaluation: dict) -> list[dict]:
-    metrics = evaluation["metrics"]
-    if "agreement" not in metrics:
-        return []
-    match, coco = metrics["agreement"], metrics.get("agreement_coco", {})
-    return [{"measure": "reference detections matched (recall)", "value": match["recall"]},
-            {"measure": "backend detections matched (precision)", "value": match["precision"]},
-            {"measure": "mean box IoU of matches", "value": match["mean_box_iou"]},
-            {"measure": "mean mask IoU of matches", "value": match["mean_mask_iou"]},
-            {"measure": "largest score difference", "value": match["max_score_diff"]},
-            {"measure": "COCO bbox AP against the reference's detections", "value": coco.get("bbox", {}).get("AP")},
-            {"measure": "COCO segm AP against the reference's detections", "value": coco.get("segm", {}).get("AP")}]
-
-
-def record_metrics(evaluation: dict) -> dict:
-    out = {}
-    for name, metrics in evaluation["metrics"].items():
-        out[name] = dict(metrics) if name == "agreement" else {
-            t: {k: v for k, v in m.items() if k != "summary"} if isinstance(m, dict) else m for t, m in metrics.items()}
-    return out
-
-
 # ---------------------------------------------------------------------------------------
 # 06-benchmark
 
@@ -388,7 +373,7 @@ def benchmark(profile: str, backend: str, *, iterations: int = 5, warmup: int = 
     for row in graph_rows:
         row["gflop_per_s"] = flops / row["mean_ms"] / 1e6
     chosen = manifest["images"][:max(1, images)]
-    saved = [sessions["onnxruntime"].run({"image": read_input(profile, im["index"], manifest)}) for im in chosen]
+    saved = [_graph_outputs(profile, backend, im, manifest, sessions["onnxruntime"]) for im in chosen]
     cycle = itertools.cycle(zip(saved, chosen))
     host_rows = bench.benchmark({"host post-processing": lambda: port_result(*next(cycle))}, batch_size=1,
                                 warmup=1, iterations=max(iterations, len(chosen)))
@@ -400,12 +385,16 @@ def benchmark(profile: str, backend: str, *, iterations: int = 5, warmup: int = 
             "graph_gflop": flops / 1e9}
 
 
+def _graph_outputs(profile: str, backend: str, image: dict, manifest: dict, session) -> dict[str, np.ndarray]:
+    """The graph's outputs for one image: those 04-infer saved for ``backend``, else a fresh run."""
+    if (outputs_dir(profile, backend) / f"{image['index']}.npz").is_file():
+        return load_outputs(profile, backend, image["index"])
+    return session.run({"image": read_input(profile, image["index"], manifest)})
+
+
 def _bench_session(profile: str, name: str, model, backend_options):
     if name == "onnxruntime":
-        compiled = _artifacts(profile) / "compiled" / "onnxruntime.json"
-        path = FILES.read(profile, "compiled/onnxruntime.json", "03-convert")["artifacts"]["graph"] \
-            if compiled.is_file() else onnx_path(profile)
-        return OnnxRuntimeSession(path)
+        return OnnxRuntimeSession(FILES.compiled(profile, "onnxruntime").get("graph") or onnx_path(profile))
     return open_session(profile, name, backend_options, model=model)
 
 

@@ -273,8 +273,7 @@ def results_folder(profile: str, candidate: str) -> Path:
 
 def _results_key(profile: str, candidate: str, manifest: dict, mode: str) -> dict:
     export = FILES.read(profile, "export.json", "02-export")
-    compiled = _artifacts(profile) / "compiled" / f"{candidate}.json"
-    artifacts = json.loads(compiled.read_text())["artifacts"] if compiled.is_file() else {}
+    artifacts = FILES.compiled(profile, candidate)
     return {"dataset": manifest["dataset"], "sequences": manifest["sequences"], "weights": export["weights"]["sha256"],
             "mode": mode, "artifacts": file_stamps(artifacts)}
 
@@ -475,8 +474,7 @@ def _bench_sessions(profile: str, name: str, model, backend_options) -> dict:
     if name == "torch":
         return {g: torch_session(model, g) for g in GRAPHS}
     if name == "onnxruntime":
-        compiled = _artifacts(profile) / "compiled" / "onnxruntime.json"
-        paths = json.loads(compiled.read_text())["artifacts"] if compiled.is_file() else onnx_paths(profile)
+        paths = FILES.compiled(profile, "onnxruntime") or onnx_paths(profile)
         return {g: OnnxRuntimeSession(p) for g, p in paths.items()}
     engine = get_backend(name, **(backend_options or {}))
     return {g: engine.open(p) for g, p in _compiled(profile, engine.name)["artifacts"].items()}

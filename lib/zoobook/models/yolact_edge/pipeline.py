@@ -12,7 +12,6 @@ Artifacts of a run live in ``runs/<profile>/yolact_edge/artifacts/``::
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from zoobook.compare import compare_outputs
 from zoobook.data.coco import CocoDataset, locate_coco
 from zoobook.data.images import read_bgr
 from zoobook.export import export_onnx, graph_flops, onnx_io
-from zoobook.metrics.coco import score_candidates
+from zoobook.metrics.coco import agreement_rows, record_metrics, score_candidates  # noqa: F401 (notebooks)
 from zoobook.models.yolact_edge import GRAPH
 from zoobook.models.yolact_edge.checkpoint import build
 from zoobook.models.yolact_edge.postprocess import postprocess
@@ -192,8 +191,7 @@ def _outputs_key(profile: str, backend: str, manifest: dict) -> dict:
     """What saved outputs depend on: the inputs, the weights and the compiled artifacts.
     Resuming is only safe while all three are unchanged."""
     export = FILES.read(profile, "export.json", "02-export")
-    compiled = _artifacts(profile) / "compiled" / f"{backend}.json"
-    artifacts = json.loads(compiled.read_text())["artifacts"] if compiled.is_file() else {}
+    artifacts = FILES.compiled(profile, backend)
     stamps = file_stamps(artifacts)
     return {"images": [[im["image_id"], im["path"]] for im in manifest["images"]], "dataset": manifest["dataset"],
             "weights": export["weights"]["sha256"], "artifacts": stamps}
@@ -306,9 +304,7 @@ def _bench_session(profile: str, name: str, batch_size: int, model, backend_opti
     if name == "torch":
         return TorchSession(model, INPUT_NAMES, OUTPUT_NAMES)
     if name == "onnxruntime":
-        compiled = _artifacts(profile) / "compiled" / "onnxruntime.json"
-        artifacts = json.loads(compiled.read_text())["artifacts"] if compiled.is_file() else {}
-        path = next(iter(artifacts.values()), None) or onnx_path(profile)
+        path = next(iter(FILES.compiled(profile, "onnxruntime").values()), None) or onnx_path(profile)
         return OnnxRuntimeSession(path)
     return open_session(profile, name, batch_size, backend_options)
 
@@ -346,37 +342,8 @@ def accuracy_rows(evaluation: dict, spec) -> list[dict]:
     return rows
 
 
-def agreement_rows(evaluation: dict) -> list[dict]:
-    metrics = evaluation["metrics"]
-    if "agreement" not in metrics:
-        return []
-    match = metrics["agreement"]
-    coco = metrics.get("agreement_coco", {})
-    return [{"measure": "reference detections matched (recall)", "value": match["recall"]},
-            {"measure": "backend detections matched (precision)", "value": match["precision"]},
-            {"measure": "mean box IoU of matches", "value": match["mean_box_iou"]},
-            {"measure": "mean mask IoU of matches (two empty masks agree)", "value": match["mean_mask_iou"]},
-            {"measure": "largest score difference", "value": match["max_score_diff"]},
-            {"measure": "share of mask pixels differing", "value": match["mask_pixels_differing"]},
-            {"measure": "COCO bbox AP against the reference's detections", "value": coco.get("bbox", {}).get("AP")},
-            {"measure": "COCO segm AP against the reference's detections (empty masks count as misses)",
-             "value": coco.get("segm", {}).get("AP")}]
-
-
 def speedup_rows(rows: list[dict], baseline: str = "torch") -> list[dict]:
     """Per batch size and candidate: baseline mean latency / candidate mean latency."""
     base = {r["batch_size"]: r["mean_ms"] for r in rows if r["candidate"] == baseline}
     return [{"candidate": r["candidate"], "batch_size": r["batch_size"], "speedup": base[r["batch_size"]] / r["mean_ms"],
              "versus": f"{baseline} eager"} for r in rows if r["candidate"] != baseline and r["batch_size"] in base]
-
-
-def record_metrics(evaluation: dict) -> dict:
-    """The evaluation's numbers for the stage record (pycocotools' text summary left out)."""
-    out = {}
-    for name, metrics in evaluation["metrics"].items():
-        if name == "agreement":
-            out[name] = dict(metrics)
-        else:
-            out[name] = {t: {k: v for k, v in m.items() if k != "summary"} if isinstance(m, dict) else m
-                         for t, m in metrics.items()}
-    return out
