@@ -103,3 +103,53 @@ def test_graph_flops_counts_convolutions(tmp_path):
     per_image = 2 * (8 * 16 * 16 * 3 * 3 * 3 + 4 * 8 * 8 * 8)
     assert graph_flops(path) == per_image
     assert graph_flops(path, batch_size=4) == 4 * per_image
+
+
+def test_graph_flops_counts_matmuls_of_activations(tmp_path):
+    """Attention's q k^T and (q k^T) v have no weight operand; a Linear on tokens is a MatMul
+    whose output rows are tokens, not the batch. All count their full M x N x K."""
+    import torch
+
+    from zoobook.export import export_onnx, graph_flops
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = torch.nn.Linear(8, 24)
+
+        def forward(self, x):  # x [2, 5, 8]: 2 windows of 5 tokens
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            return (q @ k.transpose(-2, -1)).softmax(-1) @ v
+
+    path = tmp_path / "attention.onnx"
+    export_onnx(Attention(), (torch.zeros(2, 5, 8),), path, input_names=["x"], output_names=["y"], opset=13,
+                dynamic_batch=False)
+    macs = 2 * 5 * 24 * 8 + 2 * 5 * 5 * 8 + 2 * 5 * 8 * 5  # qkv, q k^T, attention x v
+    assert graph_flops(path) == 2 * macs
+
+
+def _hold(megabytes: int) -> int:
+    """Touch ``megabytes`` of memory in the isolated process, then return."""
+    import numpy as np
+
+    return int(np.ones(megabytes * 2**17).sum())  # 8 bytes per float64
+
+
+def _fail() -> None:
+    raise ValueError("bad input in the child")
+
+
+def test_run_isolated_returns_the_result_and_that_process_peak_memory():
+    from zoobook.bench import run_isolated
+
+    small, small_peak = run_isolated(_hold, 1)
+    big, big_peak = run_isolated(_hold, 300)
+    assert (small, big) == (2**17, 300 * 2**17)
+    assert big_peak - small_peak > 250  # its own 300 MB, not the parent's memory
+
+
+def test_run_isolated_reports_a_failing_process():
+    from zoobook.bench import IsolatedRunFailed, run_isolated
+
+    with pytest.raises(IsolatedRunFailed, match="_fail.*exit status 1.*bad input in the child"):
+        run_isolated(_fail)

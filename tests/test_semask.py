@@ -114,3 +114,26 @@ def test_export_matches_pytorch_on_another_input(model, tmp_path):
     got = OnnxRuntimeSession(tmp_path / "semask.onnx").run({"image": x})["output"]
     assert got.dtype == np.int64 and got.shape == (2, 64, 128)
     assert (got == expected).mean() >= 0.999
+
+
+def test_class_map_parity_is_a_share_of_equal_pixels():
+    from zoobook.models.semask.pipeline import class_map_parity
+
+    reference = np.zeros((2, 10, 100), np.int64)
+    candidate = reference.copy()
+    candidate[1, 0, :1] = 3  # 1 pixel of 2000
+    row = class_map_parity(reference, candidate, min_agreement=0.999)
+    assert row["differing_pixels"] == 1 and row["agreement"] == 1 - 1 / 2000 and row["passed"]
+    candidate[1, 0, :5] = 3
+    assert not class_map_parity(reference, candidate, min_agreement=0.999)["passed"]
+    assert not class_map_parity(reference, candidate[:1], min_agreement=0.5)["passed"]  # batch mixed up or lost
+
+
+def test_memory_fit_extrapolates_a_straight_line():
+    from zoobook.models.semask.pipeline import memory_fit
+
+    rows = [{"candidate": "a", "batch_size": bs, "peak_rss_mb": 500 + 300 * bs} for bs in (1, 4, 8)]
+    rows += [{"candidate": "flat", "batch_size": bs, "peak_rss_mb": 500.0} for bs in (1, 2)]
+    (fit,) = memory_fit(rows)
+    assert fit["candidate"] == "a" and fit["MiB_per_image"] == pytest.approx(300)
+    assert fit["predicted_peak_at_16_MiB"] == pytest.approx(500 + 300 * 16)

@@ -55,3 +55,78 @@ def benchmark(candidates: Mapping[str, Callable[[], object]], *, batch_size: int
             row.update({f"device_{k}": v for k, v in device.items() if k.endswith("_ms") or k == "throughput"})
         rows.append(row)
     return rows
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory now (MiB), from ``/proc/self/status``; None off Linux."""
+    return _status_mb("VmRSS")
+
+
+def peak_resident_mb() -> float | None:
+    """This process's peak resident memory so far (MiB, ``VmHWM``). Unlike ``ru_maxrss``,
+    which a child inherits from its parent across fork and exec, it starts afresh with the
+    process's own memory."""
+    return _status_mb("VmHWM")
+
+
+def reset_peak_resident() -> bool:
+    """Restart :func:`peak_resident_mb` from the current resident memory (Linux 4.0 and
+    later: ``5`` to ``/proc/self/clear_refs``), so the next peak is that of the work that
+    follows, not of loading; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+_CHILD = """
+import importlib, pickle, sys
+from zoobook.bench import peak_resident_mb
+module, name, args, kwargs, out = pickle.load(sys.stdin.buffer)
+result = getattr(importlib.import_module(module), name)(*args, **kwargs)
+peak = peak_resident_mb()
+with open(out, "wb") as f:
+    pickle.dump((result, peak), f)
+"""
+
+
+def run_isolated(function: Callable, *args, **kwargs) -> tuple[object, float]:
+    """Call ``function`` (a module-level function) in a fresh Python process; returns its
+    result and that process's peak resident memory in MiB. A fresh process per measurement
+    keeps one candidate's allocator pools out of another's figure. A process that fails or
+    dies (killed for memory, for instance) raises :class:`IsolatedRunFailed` with the end of
+    its error output."""
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/result.pickle"
+        payload = pickle.dumps((function.__module__, function.__qualname__, args, kwargs, out))
+        done = subprocess.run([sys.executable, "-c", _CHILD], input=payload, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+        if done.returncode != 0:
+            reason = "killed (most likely for memory)" if done.returncode < 0 else f"exit status {done.returncode}"
+            tail = done.stderr.decode(errors="replace").strip().splitlines()[-5:]
+            raise IsolatedRunFailed(f"{function.__qualname__} in a separate process: {reason}; "
+                                    + " | ".join(tail))
+        with open(out, "rb") as f:
+            return pickle.load(f)
+
+
+class IsolatedRunFailed(RuntimeError):
+    pass

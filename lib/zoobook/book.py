@@ -102,7 +102,7 @@ def summary_markdown(profile: str) -> str:
             rows = (mine.get(stage) or {}).get("tables", {}).get("parity")
             if rows:
                 lines += [f"### {title}", "", markdown_table(rows, _present(rows, [
-                    "graph", "output", "matched", "cosine", "max_abs", "rel_euclidean", "tolerance", "passed"])), ""]
+                    "graph", "output", "matched", "agreement", "cosine", "max_abs", "rel_euclidean", "tolerance", "passed"])), ""]
         accuracy = (mine.get("05-evaluate") or {}).get("tables", {}).get("accuracy")
         if accuracy:
             lines += ["### Accuracy: measured and published", "", markdown_table(accuracy), ""]
@@ -114,13 +114,13 @@ def summary_markdown(profile: str) -> str:
             lines += ["### Speed", "", "Graph latency per call (one batch), warm-up excluded, candidates interleaved:", "",
                       markdown_table(bench["graph"], _present(bench["graph"], [
                           "graph", "candidate", "batch_size", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput",
-                          "gflop_per_s"]), digits=2), ""]
+                          "gflop_per_s", "rss_loaded_mb", "peak_rss_mb"]), digits=2), ""]
         if bench.get("end_to_end"):
             lines += ["End to end per image at batch 1 (read, preprocess, graph, host post-processing):", "",
                       markdown_table(bench["end_to_end"], ["candidate", "mean_ms", "p50_ms", "p90_ms", "throughput"],
                                      digits=2), ""]
         if bench.get("host"):
-            lines += ["Host post-processing per image (NMS, rescale, mask pastes):", "",
+            lines += ["Host side per image, outside the graph:", "",
                       markdown_table(bench["host"], ["candidate", "mean_ms", "p50_ms", "p90_ms"], digits=2), ""]
         if bench.get("tracker"):
             lines += ["Whole tracker per frame (crops, graphs, decoding, mask paste, contour):", "",
@@ -128,6 +128,8 @@ def summary_markdown(profile: str) -> str:
         for key in ("speedup", "derived"):
             if bench.get(key):
                 lines += [markdown_table(bench[key], digits=2), ""]
+        if bench.get("failures"):
+            lines += ["Runs that did not finish:", "", markdown_table(bench["failures"]), ""]
         if bench.get("published"):
             lines += ["Published (not measured here):", "", markdown_table(bench["published"], digits=2), ""]
     return "\n".join(lines)

@@ -70,7 +70,9 @@ def onnx_io(path: str | Path) -> dict[str, dict[str, list]]:
 def graph_flops(path: str | Path, batch_size: int = 1) -> float:
     """Floating-point operations of one run of the graph at ``batch_size``: 2 x the
     multiply-accumulates of its Conv, Gemm and MatMul nodes (everything else is noise for a
-    CNN), counted per sample (the first axis is the batch) and scaled by ``batch_size``."""
+    CNN or a transformer). Symbolic dimensions count as 1, so the count is per sample for a
+    dynamic-batch graph (then scaled by ``batch_size``) and for the whole static batch of a
+    static graph. MatMul counts any operands, weights or activations (attention's q k^T)."""
     import onnx
 
     model = onnx.load(str(path))
@@ -86,13 +88,17 @@ def graph_flops(path: str | Path, batch_size: int = 1) -> float:
     macs = 0
     for node in graph.node:
         out = shapes.get(node.output[0])
-        weight = shapes.get(node.input[1]) if len(node.input) > 1 else None
-        if not out or not weight:
+        operands = [shapes.get(name) for name in node.input[:2]]
+        if not out or len(operands) < 2 or not all(operands):
             continue
+        first, weight = operands
         if node.op_type == "Conv":
-            macs += _prod(out[1:]) * _prod(weight[1:])
-        elif node.op_type in ("Gemm", "MatMul"):
-            macs += _prod(out[1:]) * weight[0]
+            macs += _prod(out) * _prod(weight[1:])
+        elif node.op_type == "MatMul":
+            macs += _prod(out) * first[-1]
+        elif node.op_type == "Gemm":
+            trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+            macs += _prod(out) * first[0 if trans_a else -1]
     return 2.0 * macs * batch_size
 
 

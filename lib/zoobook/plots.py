@@ -179,3 +179,49 @@ def latency_bars(rows: list[dict], group: str, title: str = "Latency"):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def image_grid(rows: list[list[np.ndarray]], columns: list[str], names: list[str] | None = None, *,
+               legend: dict[str, np.ndarray] | None = None, width: float = 3.6):
+    """RGB images in a grid, one row per sample with ``columns`` titled; ``legend`` maps a
+    name to an RGB colour (uint8) shown as a key below."""
+    height = width * rows[0][0].shape[0] / rows[0][0].shape[1] + 0.35
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(width * len(columns), height * len(rows) + 0.6),
+                             squeeze=False)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            ax = axes[r, c]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=9)
+        if names:
+            axes[r, 0].set_ylabel(names[r], fontsize=7)
+    if legend:
+        handles = [plt.Rectangle((0, 0), 1, 1, color=np.asarray(colour) / 255) for colour in legend.values()]
+        fig.legend(handles, list(legend), loc="lower center", ncol=min(len(legend), 10), fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+    else:
+        fig.tight_layout()
+    return fig
+
+
+def memory_vs_batch(rows: list[dict], title: str = "Peak resident memory"):
+    """Peak resident memory (GiB) during the calls against batch size, one line per candidate,
+    with the memory once loaded dashed."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for k, name in enumerate(dict.fromkeys(r["candidate"] for r in rows)):
+        mine = sorted((r["batch_size"], r["peak_rss_mb"] / 1024, r["rss_loaded_mb"] / 1024)
+                      for r in rows if r["candidate"] == name)
+        batch, peak, loaded = zip(*mine)
+        ax.plot(batch, peak, marker="o", color=f"C{k}", label=f"{name}: peak during the calls")
+        ax.plot(batch, loaded, ls="--", color=f"C{k}", alpha=0.6, label=f"{name}: once loaded")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("resident memory (GiB)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -6,7 +6,7 @@ from importlib import import_module
 
 from zoobook.models.spec import ModelSpec
 
-MODELS = ("yolact_edge", "siammask", "retinamask")
+MODELS = ("yolact_edge", "siammask", "retinamask", "semask")
 
 
 def get_spec(name: str) -> ModelSpec:

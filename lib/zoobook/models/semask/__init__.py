@@ -1,4 +1,39 @@
 """SeMask-S FPN (Cityscapes semantic segmentation), as ported to Ascend.
 
-See ``network.py`` (graph) and ``checkpoint.py`` (weights).
+See ``network.py`` (graph), ``checkpoint.py`` (weights), ``export.py`` (the port's graph and
+its normalisation) and ``pipeline.py`` (the stages).
 """
+
+from zoobook.models.spec import GraphSpec, ModelSpec, Published
+
+#: the port's graph: one static batch size per graph, whole 1024 x 2048 image, arg-max inside
+GRAPH = GraphSpec(inputs={"image": ("bs", 3, 1024, 2048)}, outputs={"output": ("bs", 1024, 2048)})
+
+_PORT = "Ascend/ModelZoo-PyTorch ACL_PyTorch/contrib/cv/segmentation/SeMask README"
+_AUTHORS = "Picsart-AI-Research/SeMask-Segmentation README (SeMask-FPN)"
+_CKPT = "SeMask-S FPN Cityscapes checkpoint"
+_VAL = "Cityscapes val (500 images), whole 1024 x 2048 image"
+
+SPEC = ModelSpec(
+    name="semask",
+    title="SeMask-FPN (Swin-S)",
+    reference="Picsart-AI-Research/SeMask-Segmentation @ f12cf00, SeMask-FPN config "
+              "semfpn_semask_swin_small_patch4_window7_768x768_80k_cityscapes",
+    stages=("01-data", "02-export", "03-convert", "04-infer", "05-evaluate", "06-benchmark"),
+    graphs={"semask": GRAPH},
+    published=(
+        Published(_CKPT, 76.54, "mIoU", "Ascend 310P3 (.om), batch 1, 4 and 8 alike", _PORT, None,
+                  data=f"{_VAL}, single scale"),
+        Published(_CKPT, 77.13, "mIoU", "authors (GPU), single scale", _AUTHORS, None, data=f"{_VAL}, single scale"),
+        Published(_CKPT, 79.14, "mIoU", "authors (GPU), multi-scale + flip", _AUTHORS, None,
+                  data="Cityscapes val, ratios 0.5-1.75 and flip"),
+        *(Published("the port's graph (ais_bench)", fps, "FPS", "Ascend 310P3", _PORT, bs)
+          for bs, fps in ((1, 4.72), (4, 4.37), (8, 4.13))),
+    ),
+    profiles={
+        "smoke": {"01-data": {"num_images": 3, "input_size": [128, 256]}, "02-export": {"batch_sizes": [1, 2]},
+                  "04-infer": {"batch_size": 2}, "06-benchmark": {"iterations": 1, "warmup": 0}},
+        "default": {"01-data": {"num_images": 4}, "06-benchmark": {"iterations": 1, "warmup": 1}},
+        "full": {"01-data": {"num_images": 0, "require_real": True}, "02-export": {"require_official": True}},
+    },
+)

@@ -1,0 +1,134 @@
+"""SeMask-FPN end to end on the smoke profile through papermill (3 generated images at
+128 x 256, graphs at batch 1 and 2), the records, resume, the scores recomputed from the
+saved class maps, and convert -> infer -> evaluate -> benchmark through the FAKE Ascend tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from zoobook.records import read_record
+
+from .conftest import FAKES, assert_all_stages_ok, run_smoke
+
+
+@pytest.fixture(scope="module")
+def smoke_run():
+    return run_smoke("semask")
+
+
+def test_all_six_stages_run_ok_on_smoke(smoke_run):
+    assert_all_stages_ok("semask", smoke_run)
+
+
+def test_one_graph_per_batch_size_each_checked_against_torch(smoke_run):
+    from zoobook.export import onnx_io
+    from zoobook.models.semask import pipeline
+
+    export = read_record("smoke", "semask", "02-export")
+    assert export["provenance"]["weights"]["kind"] == "recipe" and export["metrics"]["parity_passed"]
+    assert [r["graph"] for r in export["tables"]["parity"]] == ["batch 1", "batch 2"]
+    assert all(r["agreement"] >= 0.999 for r in export["tables"]["parity"])
+    for bs in (1, 2):
+        assert onnx_io(pipeline.onnx_path("smoke", bs)) == {"inputs": {"image": [bs, 3, 128, 256]},
+                                                            "outputs": {"output": [bs, 128, 256]}}
+    convert = read_record("smoke", "semask", "03-convert")
+    assert [r["graph"] for r in convert["tables"]["parity"]] == ["batch 1", "batch 2"]
+
+
+def _direct_miou(predictions: list[np.ndarray], labels: list[np.ndarray]) -> float:
+    """mIoU straight from the definition, class by class over the whole set."""
+    ious = []
+    for c in range(19):
+        inter = sum(int(((p == c) & (g == c)).sum()) for p, g in zip(predictions, labels))
+        union = sum(int((((p == c) & (g != 255)) | (g == c)).sum()) for p, g in zip(predictions, labels))
+        if union:
+            ious.append(inter / union)
+    return float(np.mean(ious))
+
+
+def test_scores_follow_from_the_saved_class_maps(smoke_run):
+    from zoobook.models.semask import pipeline
+
+    manifest = pipeline.load_manifest("smoke")
+    evaluate = read_record("smoke", "semask", "05-evaluate")
+    for backend in ("onnxruntime", "torch"):
+        folder = pipeline.outputs_dir("smoke", backend)
+        predictions = [cv2.imread(str(folder / f"{im['name']}.png"), cv2.IMREAD_UNCHANGED) for im in manifest["images"]]
+        labels = [pipeline.read_label(manifest, im["index"]) for im in manifest["images"]]
+        assert all(p.shape == (128, 256) and p.max() < 19 for p in predictions)
+        assert evaluate["metrics"][f"{backend}_mIoU"] == pytest.approx(_direct_miou(predictions, labels), abs=1e-12)
+    assert evaluate["metrics"]["pixel_agreement_with_torch"] >= 0.999
+    rows = evaluate["tables"]["accuracy"]
+    assert {r["candidate"] for r in rows if r["source"] == "measured"} == {"onnxruntime", "torch"}
+    assert {r["mIoU"] for r in rows if r["source"] == "published"} == {76.54, 77.13, 79.14}
+
+
+def test_benchmark_reports_throughput_and_memory_per_batch_size(smoke_run):
+    bench = read_record("smoke", "semask", "06-benchmark")
+    rows = bench["tables"]["graph"]
+    assert {(r["candidate"], r["batch_size"]) for r in rows} == {(c, b) for c in ("torch", "onnxruntime") for b in (1, 2)}
+    for r in rows:
+        assert r["throughput"] == pytest.approx(r["batch_size"] * 1000 / r["mean_ms"])
+        assert r["peak_rss_mb"] >= r["rss_loaded_mb"] > r["rss_before_load_mb"] > 0
+        assert r["peak"] == "during the calls"
+    assert [p["value"] for p in bench["tables"]["published"]] == [4.72, 4.37, 4.13]
+
+
+def test_infer_resumes_only_on_the_same_inputs_and_model(smoke_run):
+    from zoobook.models.semask import pipeline
+
+    first = pipeline.infer("smoke", "onnxruntime", batch_size=2)
+    assert first["computed"] == 0 and first["skipped"] == 3
+    key_file = pipeline.outputs_dir("smoke", "onnxruntime") / "key.json"
+    key = json.loads(key_file.read_text())
+    key["weights"] = "another"
+    key_file.write_text(json.dumps(key))
+    again = pipeline.infer("smoke", "onnxruntime", batch_size=2)
+    assert again["computed"] == 3 and again["calls"] == 2  # the last batch padded to the static size
+
+
+def test_prepare_names_an_image_whose_label_differs_in_size(tmp_path):
+    from zoobook.data.cityscapes import write_synthetic_cityscapes
+    from zoobook.models.semask import pipeline
+
+    dataset = write_synthetic_cityscapes(tmp_path / "cs", 1, size=(64, 128))
+    label = dataset.label_path(0)
+    cv2.imwrite(str(label), np.zeros((32, 128), np.uint8))
+    with pytest.raises(ValueError, match=f"{dataset.images[0]}.*differ in size"):
+        pipeline.prepare("smoke", dataset, {"kind": "synthetic"}, input_size=(64, 128))
+
+
+def test_ascend_stages_through_the_notebooks_with_fakes(smoke_run, monkeypatch, tmp_path):
+    """convert -> infer -> evaluate -> benchmark with backend=auto, the kernel (and the
+    benchmark's processes) seeing the FAKE atc, npu-smi and ais_bench: ATC gets one static
+    shape per graph, and the records name the (fake) NPU, never the CPU."""
+    from zoobook.runner import run_model
+
+    runs = tmp_path / "runs"
+    shutil.copytree(Path(os.environ["ZOOBOOK_RUNS"]) / "smoke" / "semask" / "artifacts",
+                    runs / "smoke" / "semask" / "artifacts", copy_function=os.link,
+                    ignore=shutil.ignore_patterns("outputs", "compiled", "evaluation.json"))
+    monkeypatch.setenv("ZOOBOOK_RUNS", str(runs))
+    monkeypatch.setenv("PATH", f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", f"{FAKES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("FAKE_ASCEND_LOG", str(tmp_path / "atc.log"))
+    results = run_model("semask", ["convert", "infer", "evaluate", "benchmark"], profile="smoke", backend="auto",
+                        overrides={"batch_sizes": [1, 2]}, timeout=600)
+    assert [r.status for r in results] == ["ok"] * 4, [r.error for r in results]
+    convert = read_record("smoke", "semask", "03-convert")
+    assert convert["backend"] == "ascend" and convert["device"]["kind"] == "npu"
+    logged = [json.loads(line) for line in (tmp_path / "atc.log").read_text().splitlines()]
+    assert [next(a for a in args if a.startswith("--input_shape")) for args in logged] == [
+        "--input_shape=image:1,3,128,256", "--input_shape=image:2,3,128,256"]
+    evaluate = read_record("smoke", "semask", "05-evaluate")
+    assert evaluate["backend"] == "ascend" and evaluate["metrics"]["pixel_agreement_with_torch"] >= 0.99
+    bench = read_record("smoke", "semask", "06-benchmark")
+    assert {r["candidate"] for r in bench["tables"]["graph"]} == {"torch", "onnxruntime", "ascend"}
+    assert "failures" not in bench["tables"]
