@@ -73,7 +73,8 @@ def test_scores_follow_from_the_saved_class_maps(smoke_run):
 def test_benchmark_reports_throughput_and_memory_per_batch_size(smoke_run):
     bench = read_record("smoke", "semask", "06-benchmark")
     rows = bench["tables"]["graph"]
-    assert {(r["candidate"], r["batch_size"]) for r in rows} == {(c, b) for c in ("torch", "onnxruntime") for b in (1, 2)}
+    expected = {(c, b) for c in ("torch", "onnxruntime") for b in (1, 2)}
+    assert {(r["candidate"], r["batch_size"]) for r in rows} == expected
     for r in rows:
         assert r["throughput"] == pytest.approx(r["batch_size"] * 1000 / r["mean_ms"])
         assert r["peak_rss_mb"] >= r["rss_loaded_mb"] > r["rss_before_load_mb"] > 0

@@ -225,3 +225,30 @@ def memory_vs_batch(rows: list[dict], title: str = "Peak resident memory"):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def training_curves(runs: dict[str, list[dict]], parts: tuple[str, ...] = ("loss", "cls", "loc", "mask")):
+    """Loss per training step, one line per run (``{label: iterations}``, each iteration a
+    dict with ``epoch`` and the loss parts), one panel per part; epochs shaded alternately."""
+    fig, axes = plt.subplots(1, len(parts), figsize=(3.6 * len(parts), 3.4), squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        for k, (label, steps) in enumerate(runs.items()):
+            values = np.array([s[part] for s in steps], dtype=np.float64)
+            ax.plot(np.arange(1, len(values) + 1), values, color=f"C{k}", alpha=0.35, lw=1)
+            if len(values) >= 4:
+                width = max(2, len(values) // 8)
+                smooth = np.convolve(values, np.ones(width) / width, mode="valid")
+                ax.plot(np.arange(width, len(values) + 1), smooth, color=f"C{k}", lw=2, label=label)
+            else:
+                ax.lines[-1].set_label(label)
+        first = next(iter(runs.values()), [])
+        epochs = [s["epoch"] for s in first]
+        for e in sorted(set(epochs))[1::2]:
+            inside = [i + 1 for i, v in enumerate(epochs) if v == e]
+            ax.axvspan(inside[0] - 0.5, inside[-1] + 0.5, color="grey", alpha=0.08)
+        ax.set_title(part)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

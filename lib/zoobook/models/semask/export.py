@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoobook.export import export_onnx
+from zoobook.export import export_onnx, pin_batch
 from zoobook.models.semask.network import SeMaskFPN
 
 PORT_SIZE = (1024, 2048)
@@ -30,11 +30,24 @@ def graph_shapes(batch_size: int, size: tuple[int, int] = PORT_SIZE) -> dict[str
     return {"inputs": {"image": [batch_size, 3, *size]}, "outputs": {"output": [batch_size, *size]}}
 
 
-def export_graph(model: SeMaskFPN, path: str | Path, *, batch_size: int = 1, size: tuple[int, int] = PORT_SIZE,
-                 opset: int = 11) -> dict:
-    """Export the class-map graph at a static batch size and input size."""
+def export_graphs(model: SeMaskFPN, folder: str | Path, *, batch_sizes: list[int] = (1, 4, 8),
+                  size: tuple[int, int] = PORT_SIZE, opset: int = 11, stem: str = "semask") -> dict[int, dict]:
+    """The port's class-map graphs, one static graph per batch size, ``<stem>_bs<N>.onnx``.
+
+    The port traces once per batch size; tracing batch 8 at 1024 x 2048 needs more than 24 GB
+    of host memory. So the model is traced once at batch 1 with a dynamic batch axis
+    (``<stem>_dynamic.onnx``) and each static graph is that graph with its batch pinned and
+    simplified again (:func:`zoobook.export.pin_batch`): the same graph a trace at that batch
+    gives, its shape arithmetic folded."""
     if size[0] % 32 or size[1] % 32:
         raise ValueError(f"input size {size} must be a multiple of 32 on both sides")
-    example = torch.zeros(batch_size, 3, *size)
-    return export_onnx(model.eval(), (example,), path, input_names=["image"], output_names=["output"], opset=opset,
-                       dynamic_batch=False)
+    folder = Path(folder)
+    dynamic = folder / f"{stem}_dynamic.onnx"
+    traced = export_onnx(model.eval(), (torch.zeros(1, 3, *size),), dynamic, input_names=["image"],
+                         output_names=["output"], opset=opset, dynamic_batch=True)
+    graphs = {}
+    for bs in batch_sizes:
+        pinned = pin_batch(dynamic, folder / f"{stem}_bs{bs}.onnx", bs)
+        graphs[bs] = {**pinned, "opset": opset, "nodes_traced": traced["nodes_raw"], "traced_batch": 1}
+    dynamic.unlink()
+    return graphs

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from zoobook import bench
 from zoobook.artifacts import Artifacts
 from zoobook.backends import get_backend
-from zoobook.backends import resolve as resolve_backend  # noqa: F401 (the notebooks call it)
+from zoobook.backends import resolve as resolve_backend
 from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
 from zoobook.backends.torch_backend import TorchSession
 from zoobook.checkpoints import weights_label
@@ -37,7 +37,7 @@ from zoobook.export import graph_flops, onnx_io
 from zoobook.metrics.segmentation import ConfusionMatrix
 from zoobook.models.semask import GRAPH
 from zoobook.models.semask.checkpoint import build
-from zoobook.models.semask.export import PORT_SIZE, export_graph, graph_shapes, normalize
+from zoobook.models.semask.export import PORT_SIZE, export_graphs, graph_shapes, normalize
 from zoobook.records import file_stamps, resumable_folder, write_json_atomic
 
 MODEL = "semask"
@@ -50,6 +50,15 @@ INPUT_NAMES, OUTPUT_NAMES = list(GRAPH.inputs), list(GRAPH.outputs)
 MIN_AGREEMENT_CPU = 0.999
 #: and for a device computing in reduced precision (ATC's default fp16 on Ascend)
 MIN_AGREEMENT_DEVICE = 0.99
+#: ONNX Runtime without its memory pattern: planned on the first run, it is allocated beside
+#: the arena's blocks on the next, which nearly doubles the peak (measured at 1024 x 2048:
+#: 3.4 instead of 1.9 GB per image) for no gain in speed
+ORT_OPTIONS = {"memory_pattern": False}
+
+
+def _engine(backend: str, options: dict | None = None):
+    name = resolve_backend(backend)
+    return get_backend(name, **{**(ORT_OPTIONS if name == "onnxruntime" else {}), **(options or {})})
 
 
 # ---------------------------------------------------------------------------------------
@@ -199,17 +208,17 @@ def _samples(manifest: dict, batch_size: int) -> list[int]:
 def export(profile: str, *, batch_sizes: list[int] = (1, 4, 8), opset: int = 11, weights: str | None = None,
            require_official: bool = False) -> dict:
     """Build, load weights, and export one static graph per batch size at the data's input
-    size (simplified, checked). Each graph runs in ONNX Runtime on a batch of distinct data
-    images and its class maps are compared with PyTorch's, image by image, so a graph that
-    mixed up the batch would show."""
+    size (traced once, the batch pinned per graph, simplified, checked). Each graph runs in
+    ONNX Runtime on a batch of distinct data images and its class maps are compared with
+    PyTorch's, image by image, so a graph that mixed up the batch would show."""
     manifest = load_manifest(profile)
     size = tuple(manifest["input_size"])
     model, provenance = build(weights, allow_recipe=not require_official)
+    exported_graphs = export_graphs(model, _artifacts(profile), batch_sizes=list(batch_sizes), size=size, opset=opset)
     reference: dict[int, np.ndarray] = {}
     graphs, parity = {}, []
-    for bs in tqdm(list(batch_sizes), desc="export"):
-        path = _artifacts(profile) / f"{MODEL}_bs{bs}.onnx"
-        summary = export_graph(model, path, batch_size=bs, size=size, opset=opset)
+    for bs, summary in tqdm(exported_graphs.items(), desc="parity"):
+        path = Path(summary["path"])
         io, expected = onnx_io(path), graph_shapes(bs, size)
         if io != expected:
             raise AssertionError(f"{path}: graph I/O {io} differs from {expected}")
@@ -217,8 +226,8 @@ def export(profile: str, *, batch_sizes: list[int] = (1, 4, 8), opset: int = 11,
         for i in sorted(set(indices) - set(reference)):
             with torch.inference_mode():
                 reference[i] = model(torch.from_numpy(read_batch(manifest, [i]))).numpy()[0]
-        candidate = OnnxRuntimeSession(path, optimization="disable").run({"image": read_batch(manifest, indices)})
-        parity.append(class_map_parity(np.stack([reference[i] for i in indices]), candidate["output"],
+        candidate = graph_class_maps(profile, "onnx", str(path), indices)
+        parity.append(class_map_parity(np.stack([reference[i] for i in indices]), candidate,
                                        min_agreement=MIN_AGREEMENT_CPU, graph=f"batch {bs}"))
         graphs[str(bs)] = {"onnx": str(path), **{k: v for k, v in summary.items() if k != "path"}}
     write_json_atomic(_artifacts(profile) / "export.json",
@@ -252,7 +261,7 @@ def convert(profile: str, backend: str = "auto", *, batch_sizes: list[int] | Non
     """Compile each exported graph for ``backend`` (ONNX Runtime's offline optimisation, or
     ATC at ``image:bs,3,H,W`` on Ascend), then compare each compiled graph's class maps with
     plain ONNX Runtime running the exported graph on the same data images."""
-    engine = get_backend(backend, **(backend_options or {}))
+    engine = _engine(backend, backend_options)
     manifest = load_manifest(profile)
     batch_sizes = list(batch_sizes or exported_batch_sizes(profile))
     folder = _artifacts(profile) / "compiled"
@@ -268,13 +277,31 @@ def convert(profile: str, backend: str = "auto", *, batch_sizes: list[int] | Non
     cpu = engine.name == "onnxruntime"
     parity = []
     for bs, artifact in artifacts.items():
-        feeds = {"image": read_batch(manifest, _samples(manifest, int(bs)))}
-        reference = OnnxRuntimeSession(onnx_path(profile, int(bs)), optimization="disable").run(feeds)["output"]
-        with engine.open(artifact) as session:
-            candidate = session.run(feeds)["output"]
+        indices = _samples(manifest, int(bs))
+        reference = graph_class_maps(profile, "onnx", str(onnx_path(profile, int(bs))), indices)
+        candidate = graph_class_maps(profile, engine.name, artifact, indices, backend_options)
         parity.append(class_map_parity(reference, candidate, graph=f"batch {bs}",
                                        min_agreement=MIN_AGREEMENT_CPU if cpu else MIN_AGREEMENT_DEVICE))
     return {**record, "parity": parity}
+
+
+def _class_maps_worker(profile: str, kind: str, artifact: str, indices: list[int], options: dict | None) -> np.ndarray:
+    manifest = load_manifest(profile)
+    if kind == "onnx":
+        session = OnnxRuntimeSession(artifact, optimization="disable", **ORT_OPTIONS)
+    else:
+        session = _engine(kind, options).open(artifact)
+    with session:
+        return session.run({"image": read_batch(manifest, indices)})["output"].astype(np.uint8)
+
+
+def graph_class_maps(profile: str, kind: str, artifact: str, indices: list[int],
+                     options: dict | None = None) -> np.ndarray:
+    """The class maps of data images ``indices`` from one graph, run in a process of its own
+    (``kind`` "onnx": the exported graph in plain ONNX Runtime; else a backend and its
+    compiled artifact). At 1024 x 2048 ONNX Runtime holds about 2 GB per image in the batch;
+    a separate process gives it all back before the next graph runs."""
+    return bench.run_isolated(_class_maps_worker, profile, kind, artifact, list(indices), options)[0]
 
 
 def open_session(profile: str, backend: str, batch_size: int = 1, backend_options: dict | None = None, model=None):
@@ -282,7 +309,7 @@ def open_session(profile: str, backend: str, batch_size: int = 1, backend_option
     if backend == "torch":
         model = model if model is not None else load_model(profile)[0]
         return TorchSession(model, INPUT_NAMES, OUTPUT_NAMES)
-    engine = get_backend(backend, **(backend_options or {}))
+    engine = _engine(backend, backend_options)
     artifacts = FILES.read(profile, f"compiled/{engine.name}.json", "03-convert")["artifacts"]
     if str(batch_size) not in artifacts:
         raise KeyError(f"no {engine.name} artifact for batch size {batch_size}; compiled: "
@@ -466,7 +493,7 @@ def _bench_worker(profile: str, candidate: str, batch_size: int, iterations: int
     feeds = {"image": read_batch(manifest, _samples(manifest, batch_size))}
     before = bench.resident_mb()
     if candidate == "onnxruntime" and str(batch_size) not in FILES.compiled(profile, "onnxruntime"):
-        session = OnnxRuntimeSession(onnx_path(profile, batch_size))  # not compiled for ORT: the exported graph
+        session = OnnxRuntimeSession(onnx_path(profile, batch_size), **ORT_OPTIONS)  # not compiled: as exported
     else:
         session = open_session(profile, candidate, batch_size, backend_options)
     loaded = bench.resident_mb()
@@ -483,9 +510,11 @@ def benchmark(profile: str, backend: str, *, batch_sizes: list[int] | None = Non
     """PyTorch eager and ONNX Runtime (and the backend, if another) at each batch size. Each
     (candidate, batch size) runs in a fresh process, which loads the model, runs ``warmup``
     untimed and ``iterations`` timed calls, and reports its resident memory once loaded and
-    its peak during the calls: what a machine must hold to run that batch. Calls take seconds each, so running candidates one
-    after another (not interleaved) costs little accuracy. Also: the host's read + normalise
-    per image, the graph's counted GFLOP, and a linear fit of peak memory over batch size."""
+    its peak during the calls: what a machine must hold to run that batch. A process killed
+    (for memory, most likely) is reported in ``failures`` and the others go on. Calls take
+    seconds each, so running candidates one after another (not interleaved) costs little
+    accuracy. Also: the host's read + normalise per image, the graph's counted GFLOP, and a
+    linear fit of peak memory over batch size."""
     names = ["torch", "onnxruntime"] + ([backend] if backend not in ("torch", "onnxruntime") else [])
     batch_sizes = list(batch_sizes or exported_batch_sizes(profile))
     flops = graph_flops(onnx_path(profile, exported_batch_sizes(profile)[0])) / exported_batch_sizes(profile)[0]

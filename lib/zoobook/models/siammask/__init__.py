@@ -24,6 +24,8 @@ GRAPHS = {
 _README = "foolwood/SiamMask README (RTX 2080)"
 _PORT = "Ascend/ModelZoo-PyTorch ACL_PyTorch/contrib/cv/segmentation/SiamMask README"
 _VOT = "VOT2016 (60 sequences), the repository's evaluator, interval [100, 356]"
+_TRAIN = "Ascend/ModelZoo-PyTorch PyTorch/built-in/cv/object_tracking/SiamMask_for_Pytorch README"
+_TRAIN_DATA = "YouTube-VOS, VID, COCO, DET crop511; 20 epochs of 600,000 pairs, batch 64 per device"
 
 SPEC = ModelSpec(
     name="siammask",
@@ -41,6 +43,17 @@ SPEC = ModelSpec(
         Published("model only: 1000 / ((mask + refine ms) / 4), ais_bench --loop 1000", 1673.94, "FPS",
                   "Ascend 310P3", _PORT, 1),
         Published("tracker end to end, VOT2016", 56, "FPS", "RTX 2080", _README, 1),
+        Published("base-stage training throughput, 1 device", 193, "samples/s", "GPU (1p)", _TRAIN, 64,
+                  data=_TRAIN_DATA),
+        Published("base-stage training throughput, 1 device", 236, "samples/s", "Ascend NPU (1p)", _TRAIN, 64,
+                  data=_TRAIN_DATA),
+        Published("base-stage training throughput, 8 devices (812 in another revision of the table)", 846,
+                  "samples/s", "GPU (8p)", _TRAIN, 512, data=_TRAIN_DATA),
+        Published("base-stage training throughput, 8 devices (1615 in another revision of the table)", 1724,
+                  "samples/s", "Ascend NPU (8p)", _TRAIN, 512, data=_TRAIN_DATA),
+        Published("final training loss after 20 epochs", 2.5939, "loss", "GPU", _TRAIN, None, data=_TRAIN_DATA),
+        Published("final training loss after 20 epochs", 2.5940, "loss", "Ascend NPU", _TRAIN, None,
+                  data=_TRAIN_DATA),
     ),
     profiles={
         "smoke": {"01-data": {"num_sequences": 1, "num_frames": 30, "demo_frames": 6},

@@ -1,0 +1,383 @@
+"""SiamMask base-stage training, on one process or many (``torchrun`` + DDP), one entry point.
+
+    python -m zoobook.models.siammask.train --data DIR --out DIR [--preset reference] ...
+    torchrun --nproc_per_node 2 -m zoobook.models.siammask.train --data DIR --out DIR ...
+
+What it follows (FACTS.md sections 5 and 6.2):
+
+* SGD (momentum 0.9, weight decay 1e-4), gradient norm clipped at 10, a step skipped when the
+  loss is not finite or above 1e4;
+* the learning rate set per epoch: a geometric warm-up from 0.001 to 0.005 over the first
+  quarter of the epochs (5 of 20), then log-spaced from 0.005 down to the preset's end rate;
+* the trunk frozen for the first half (adjust layer and heads train), then layer2 and layer3
+  unfrozen at 0.1 x the rate with the optimiser rebuilt; the trunk's batch norm stays in eval
+  mode throughout, the heads' in train mode;
+* presets: ``reference`` (end rate 0.0025, loss weights 1 / 1.2 / 36, a global batch split
+  over the processes) and ``ascend-port`` (end rate 0.0005, weights 1 / 1 / 32, the batch per
+  device, mixed precision);
+* a checkpoint per epoch (``checkpoint_e<N>.pth``: the base model's official keys, optimiser,
+  epoch, log), written atomically; ``--resume`` continues after the newest one exactly, since
+  every sample is a function of (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from zoobook.models.siammask.training import PORT_WEIGHTS, REFERENCE_WEIGHTS, LossWeights, total_loss
+
+MAX_LOSS, CLIP_NORM = 1e4, 10.0
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    epochs: int = 20
+    batch_size: int = 64
+    batch_per_device: bool = False  # False: batch_size is the global batch, split over processes
+    start_lr: float = 0.001
+    base_lr: float = 0.005
+    end_lr: float = 0.0025
+    warmup_fraction: float = 0.25  # 5 of 20 epochs
+    unfreeze_fraction: float = 0.5  # epoch 10 of 20
+    trunk_lr_mult: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    weights: LossWeights = REFERENCE_WEIGHTS
+    amp: bool = False
+    pairs_per_epoch: int = 600_000
+
+
+PRESETS = {
+    "reference": Preset("reference"),
+    "ascend-port": Preset("ascend-port", end_lr=0.0005, weights=PORT_WEIGHTS, batch_per_device=True, amp=True),
+}
+
+
+def lr_schedule(preset: Preset) -> list[float]:
+    """The learning rate of each epoch."""
+    warmup = int(round(preset.epochs * preset.warmup_fraction))
+    ramp = [preset.start_lr * (preset.base_lr / preset.start_lr) ** (k / warmup) for k in range(warmup)]
+    rest = preset.epochs - warmup
+    decay = list(np.logspace(math.log10(preset.base_lr), math.log10(preset.end_lr), rest)) if rest > 1 else \
+        [preset.base_lr] * rest
+    return [float(v) for v in ramp + decay]
+
+
+def unfreeze_epoch(preset: Preset) -> int:
+    return int(preset.epochs * preset.unfreeze_fraction)
+
+
+TRUNK_TRAINABLE = ("layer2", "layer3")
+
+
+def set_trainable(model: nn.Module, trunk: bool) -> None:
+    """Heads and adjust layer always train; the trunk's layer2 and layer3 only when ``trunk``."""
+    for name, parameter in model.named_parameters():
+        if name.startswith("backbone."):
+            parameter.requires_grad = trunk and name.split(".")[1] in TRUNK_TRAINABLE
+        else:
+            parameter.requires_grad = True
+
+
+def set_modes(model: nn.Module) -> None:
+    """Train mode for the heads, eval mode for the whole trunk (its batch norm statistics stay fixed)."""
+    model.train()
+    module = model.module if hasattr(model, "module") else model
+    module.backbone.eval()
+
+
+def make_optimizer(model: nn.Module, preset: Preset, lr: float) -> torch.optim.SGD:
+    groups = []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            trunk = ".backbone." in f".{name}"
+            groups.append({"params": [parameter], "mult": preset.trunk_lr_mult if trunk else 1.0, "name": name})
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=preset.momentum, weight_decay=preset.weight_decay)
+    set_lr(optimizer, lr)
+    return optimizer
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["mult"]
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def zoobook_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`~zoobook.models.siammask.checkpoint.official_to_zoobook`."""
+    from zoobook.models.siammask.checkpoint import _INNER, _PREFIXES
+
+    mapped = {}
+    for key, value in state.items():
+        new = key
+        for old, replacement in _PREFIXES:
+            if new.startswith(replacement):
+                new = old + new[len(replacement):]
+                break
+        for old, replacement in _INNER:
+            new = new.replace(replacement, old, 1)
+        mapped[new] = value
+    return mapped
+
+
+def load_pretrained_trunk(model: nn.Module, path: str | Path) -> dict:
+    """The ImageNet ``resnet.model`` into the trunk: keys ``conv1.weight``, ``layer1.0...``
+    (a ``module.`` or ``features.`` prefix allowed). Every trunk key must be there with its
+    shape; extra keys (layer4, fc) are listed as unused."""
+    from zoobook.checkpoints import CheckpointError, file_sha256, read_state_dict
+
+    path = Path(path)
+    state = read_state_dict(path)
+    state = {k[len("features."):] if k.startswith("features.") else k: v for k, v in state.items()}
+    trunk = model.backbone.state_dict()
+    missing = sorted(k for k in trunk if k not in state and not k.endswith("num_batches_tracked"))
+    wrong = sorted(k for k in trunk if k in state and tuple(state[k].shape) != tuple(trunk[k].shape))
+    if missing or wrong:
+        raise CheckpointError(f"{path}: not SiamMask's ResNet-50 trunk; missing keys: {missing[:10]}"
+                              f"{' ...' if len(missing) > 10 else ''}; shape mismatches: {wrong[:10]}")
+    model.backbone.load_state_dict({k: state[k].float() for k in trunk if k in state}, strict=False)
+    unused = sorted({k.split(".")[0] for k in state if k not in trunk})
+    return {"kind": "pretrained trunk", "path": str(path), "sha256": file_sha256(path), "unused": unused}
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    found = sorted(Path(folder).glob("checkpoint_e*.pth"), key=lambda p: int(p.stem.split("_e")[1]))
+    return found[-1] if found else None
+
+
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Distributed:
+    """From torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK): gloo on CPU, nccl on CUDA,
+    hccl on Ascend NPUs. One process without it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Distributed()
+    import torch.distributed as dist
+
+    backend = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}[device.type]
+    dist.init_process_group(backend)
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def train(data_root: str | Path, out: str | Path, *, preset: Preset, seed: int = 0, resume: bool = False,
+          pretrained: str | Path | None = None, workers: int = 0, device: str = "auto",
+          skip_iterations: int = 2, max_epochs: int | None = None, progress: bool = True) -> dict:
+    """Train the base model; returns the log. ``max_epochs`` stops early (the schedule stays
+    that of ``preset.epochs``), as an interrupted run would."""
+    from tqdm import tqdm
+
+    from zoobook.data.crop511 import BASE_SUBSETS, Crop511Subset
+    from zoobook.models.siammask.checkpoint import build
+    from zoobook.models.siammask.train_data import PairDataset
+
+    torch.manual_seed(seed)
+    dev = pick_device(device)
+    dist_info = init_distributed(dev)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    subsets = [Crop511Subset(config, data_root) for config in BASE_SUBSETS
+               if (Path(data_root) / config.crop_dir).is_dir()]
+    if not subsets:
+        raise FileNotFoundError(f"{data_root}: none of {[c.crop_dir for c in BASE_SUBSETS]} found")
+    data = PairDataset(subsets, preset.pairs_per_epoch, seed=seed)
+    if preset.batch_per_device:
+        local_batch = preset.batch_size
+    elif preset.batch_size % dist_info.world:
+        raise ValueError(f"batch {preset.batch_size} does not split over {dist_info.world} processes")
+    else:
+        local_batch = preset.batch_size // dist_info.world
+    sampler = torch.utils.data.distributed.DistributedSampler(
+        data, num_replicas=dist_info.world, rank=dist_info.rank, shuffle=False, drop_last=True)
+    loader = torch.utils.data.DataLoader(data, batch_size=local_batch, sampler=sampler, num_workers=workers,
+                                         collate_fn=collate, drop_last=True)
+    model, weights = build(None, refine=False)  # the recipe: a deterministic start
+    weights = {**weights, "note": "initialised from the golden recipe"}
+    if pretrained:
+        weights = load_pretrained_trunk(model, pretrained)
+    model.to(dev)
+    schedule = lr_schedule(preset)
+    log: dict = {"preset": _preset_dict(preset), "schedule": schedule, "world": dist_info.world,
+                 "local_batch": local_batch, "global_batch": local_batch * dist_info.world, "device": str(dev),
+                 "init": weights, "iterations": [], "epochs": []}
+    start = 0
+    if resume and (found := latest_checkpoint(out)):
+        checkpoint = torch.load(found, map_location="cpu", weights_only=True)
+        from zoobook.models.siammask.checkpoint import official_to_zoobook
+
+        model.load_state_dict(official_to_zoobook(checkpoint["state_dict"]), strict=True)
+        start, log = checkpoint["epoch"] + 1, json.loads(checkpoint["log"])
+        log["resumed_from"] = str(found)
+    wrapped = _wrap(model, dist_info, dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=preset.amp and dev.type != "cpu")
+    unfreeze = unfreeze_epoch(preset)
+    optimizer = None
+    if resume and start > 0:
+        set_trainable(model, trunk=start >= unfreeze)
+        optimizer = make_optimizer(wrapped, preset, schedule[start])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if "scaler" in checkpoint:
+            scaler.load_state_dict(checkpoint["scaler"])
+    stop = min(preset.epochs, max_epochs if max_epochs is not None else preset.epochs)
+    for epoch in range(start, stop):
+        if optimizer is None or epoch == unfreeze:
+            set_trainable(model, trunk=epoch >= unfreeze)
+            wrapped = _wrap(model, dist_info, dev)  # parameters to reduce change with the unfreeze
+            optimizer = make_optimizer(wrapped, preset, schedule[epoch])
+        set_lr(optimizer, schedule[epoch])
+        set_modes(wrapped)
+        data.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        times, sums, steps, skipped = [], {}, 0, 0
+        tick = time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (progress and dist_info.main), leave=False)
+        for batch in bar:
+            parts = train_step(wrapped, optimizer, {k: v.to(dev) for k, v in batch.items()}, preset, scaler)
+            if parts is None:
+                skipped += 1
+                continue
+            now = time.perf_counter()
+            steps += 1
+            if steps > skip_iterations:
+                times.append(now - tick)
+            tick = now
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+            if dist_info.main:
+                log["iterations"].append({"epoch": epoch, "step": steps, "lr": schedule[epoch], **parts})
+                bar.set_postfix(loss=f"{parts['loss']:.3f}")
+        record = {"epoch": epoch, "lr": schedule[epoch], "steps": steps, "skipped": skipped,
+                  "trunk_trainable": epoch >= unfreeze,
+                  "samples_per_s": local_batch * dist_info.world / float(np.mean(times)) if times else None,
+                  **{k: v / max(steps, 1) for k, v in sums.items()}}
+        if dist_info.main:
+            log["epochs"].append(record)
+            _atomic_save({"epoch": epoch, "arch": "Custom (siammask_base)",
+                          "state_dict": zoobook_to_official(model.state_dict()), "optimizer": optimizer.state_dict(),
+                          "log": json.dumps(log), **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {})},
+                         out / f"checkpoint_e{epoch + 1}.pth")
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    if dist_info.main:
+        (out / "train_log.json").write_text(json.dumps(log, indent=1))
+    return log
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+               preset: Preset, scaler: torch.amp.GradScaler | None = None) -> dict | None:
+    """One SGD step on ``batch`` (this process's share under DDP, which averages the
+    gradients); None when the loss is not finite or above 1e4 and the step is skipped. With
+    ``preset.amp`` the forward runs in bfloat16 on a CPU and float16 elsewhere, where
+    ``scaler`` scales the loss (the port used apex O1 with a loss scale of 128)."""
+    device = batch["search"].device
+    with torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16,
+                        enabled=preset.amp):
+        outputs = model(batch["template"], batch["search"])
+    loss, parts = total_loss(tuple(o.float() for o in outputs[:3]), batch, preset.weights)
+    optimizer.zero_grad(set_to_none=True)
+    if not math.isfinite(parts["loss"]) or parts["loss"] > MAX_LOSS:
+        return None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(trainable, CLIP_NORM)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        nn.utils.clip_grad_norm_(trainable, CLIP_NORM)
+        optimizer.step()
+    return parts
+
+
+def _wrap(model: nn.Module, dist_info: Distributed, device: torch.device) -> nn.Module:
+    if dist_info.world <= 1:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=None if device.type == "cpu" else [device.index])
+
+
+def _preset_dict(preset: Preset) -> dict:
+    return {**asdict(preset), "weights": asdict(preset.weights)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="folder with <dataset>/crop511 and the annotation indexes")
+    parser.add_argument("--out", required=True, help="folder for checkpoints and train_log.json")
+    parser.add_argument("--preset", default="reference", choices=sorted(PRESETS))
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--pairs", type=int, help="pairs per epoch")
+    parser.add_argument("--amp", choices=("on", "off"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--pretrained", help="ImageNet resnet.model for the trunk (default data/weights/resnet.model "
+                                             "if present)")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-epochs", type=int)
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    changes = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size,
+                                 "pairs_per_epoch": args.pairs}.items() if v is not None}
+    if args.amp:
+        changes["amp"] = args.amp == "on"
+    preset = replace(preset, **changes)
+    pretrained = args.pretrained
+    if pretrained is None:
+        from zoobook.paths import data_dir
+
+        default = data_dir() / "weights" / "resnet.model"
+        pretrained = default if default.is_file() else None
+    train(args.data, args.out, preset=preset, seed=args.seed, resume=args.resume, pretrained=pretrained,
+          workers=args.workers, device=args.device, max_epochs=args.max_epochs)
+
+
+if __name__ == "__main__":
+    main()
