@@ -63,7 +63,7 @@ def smoke_run():
     return run_smoke("siammask")
 
 
-def test_all_six_stages_run_ok_on_smoke(smoke_run):
+def test_all_stages_run_ok_on_smoke(smoke_run):
     assert_all_stages_ok("siammask", smoke_run)
 
 
@@ -122,3 +122,12 @@ def test_ascend_stages_through_the_notebooks_with_fakes(smoke_run, monkeypatch, 
     assert sorted(p.name for p in compiled.glob("*.om")) == ["mask.om", "refine.om", "search.om", "template.om"]
     evaluate = read_record("smoke", "siammask", "05-evaluate")
     assert evaluate["backend"] == "ascend" and evaluate["metrics"]["lockstep"]["mean_mask_iou"] > 0.98
+
+
+def test_training_stage_measures_one_and_two_processes(smoke_run):
+    record = read_record("smoke", "siammask", "00-train")
+    rows = {row["processes"]: row for row in record["tables"]["throughput"]}
+    assert sorted(rows) == [1, 2] and rows[2]["per_process"] * 2 == rows[2]["global_batch"]
+    assert all(row["samples_per_s"] > 0 and np.isfinite(row["final_loss"]) for row in rows.values())
+    assert {p["value"] for p in record["tables"]["published"] if p["unit"] == "samples/s"} == {193, 236, 846, 1724}
+    assert record["provenance"]["data"]["kind"] == "synthetic"

@@ -101,8 +101,14 @@ def summary_markdown(profile: str) -> str:
                              ("03-convert", "Convert: compiled model against ONNX")):
             rows = (mine.get(stage) or {}).get("tables", {}).get("parity")
             if rows:
-                lines += [f"### {title}", "", markdown_table(rows, _present(rows, [
-                    "graph", "output", "matched", "agreement", "cosine", "max_abs", "rel_euclidean", "tolerance", "passed"])), ""]
+                columns = ["graph", "output", "matched", "agreement", "differing_pixels", "cosine", "max_abs",
+                           "rel_euclidean", "tolerance", "passed"]
+                lines += [f"### {title}", "", markdown_table(rows, _present(rows, columns)), ""]
+        training = (mine.get("00-train") or {}).get("tables", {})
+        if training.get("throughput"):
+            lines += ["### Training", "", markdown_table(training["throughput"], digits=3), ""]
+            if training.get("published"):
+                lines += ["Published (not measured here):", "", markdown_table(training["published"], digits=4), ""]
         accuracy = (mine.get("05-evaluate") or {}).get("tables", {}).get("accuracy")
         if accuracy:
             lines += ["### Accuracy: measured and published", "", markdown_table(accuracy), ""]
@@ -111,7 +117,9 @@ def summary_markdown(profile: str) -> str:
             lines += ["### Agreement with the PyTorch reference", "", markdown_table(agreement), ""]
         bench = (mine.get("06-benchmark") or {}).get("tables", {})
         if bench.get("graph"):
-            lines += ["### Speed", "", "Graph latency per call (one batch), warm-up excluded, candidates interleaved:", "",
+            isolated = any("rss_loaded_mb" in r for r in bench["graph"])
+            how = "each candidate and batch size in a process of its own" if isolated else "candidates interleaved"
+            lines += ["### Speed", "", f"Graph latency per call (one batch), warm-up excluded, {how}:", "",
                       markdown_table(bench["graph"], _present(bench["graph"], [
                           "graph", "candidate", "batch_size", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput",
                           "gflop_per_s", "rss_loaded_mb", "peak_rss_mb"]), digits=2), ""]
@@ -127,7 +135,7 @@ def summary_markdown(profile: str) -> str:
                       markdown_table(bench["tracker"], ["candidate", "mean_ms", "p50_ms", "p90_ms", "fps"], digits=2), ""]
         for key in ("speedup", "derived"):
             if bench.get(key):
-                lines += [markdown_table(bench[key], digits=2), ""]
+                lines += ["Derived from the rows above:", "", markdown_table(bench[key], digits=2), ""]
         if bench.get("failures"):
             lines += ["Runs that did not finish:", "", markdown_table(bench["failures"]), ""]
         if bench.get("published"):

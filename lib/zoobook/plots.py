@@ -207,10 +207,12 @@ def image_grid(rows: list[list[np.ndarray]], columns: list[str], names: list[str
     return fig
 
 
-def memory_vs_batch(rows: list[dict], title: str = "Peak resident memory"):
+def memory_vs_batch(rows: list[dict], title: str = "Peak resident memory", limit_gib: float | None = None):
     """Peak resident memory (GiB) during the calls against batch size, one line per candidate,
-    with the memory once loaded dashed."""
+    with the memory once loaded dashed and the machine's memory (``limit_gib``) dotted."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    if limit_gib:
+        ax.axhline(limit_gib, color="grey", ls=":", label=f"this machine's memory ({limit_gib:g} GiB)")
     for k, name in enumerate(dict.fromkeys(r["candidate"] for r in rows)):
         mine = sorted((r["batch_size"], r["peak_rss_mb"] / 1024, r["rss_loaded_mb"] / 1024)
                       for r in rows if r["candidate"] == name)

@@ -127,7 +127,19 @@ def git_commit() -> str | None:
 def machine() -> dict:
     from zoobook.backends.base import _cores, cpu_name
 
-    return {"host_cpu": cpu_name(), "cores": _cores(), "platform": platform.platform()}
+    return {"host_cpu": cpu_name(), "cores": _cores(), "memory_gib": memory_gib(), "platform": platform.platform()}
+
+
+def memory_gib() -> float | None:
+    """The machine's memory (``MemTotal`` of ``/proc/meminfo``), None off Linux."""
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
 
 
 def read_record(profile: str, model: str, stage: str) -> dict | None:

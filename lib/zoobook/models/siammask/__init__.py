@@ -1,7 +1,9 @@
 """SiamMask (VOT "sharp" model): tracking and video object segmentation, as ported to Ascend.
 
-See ``network.py`` (graphs), ``checkpoint.py`` (weights), ``tracker.py`` (the VOT tracker)
-and ``export.py`` (the port's two graphs and the template-once split).
+See ``network.py`` (graphs), ``checkpoint.py`` (weights), ``tracker.py`` (the VOT tracker),
+``export.py`` (the port's two graphs and the template-once split), and for the base stage's
+training ``training.py`` (targets, losses), ``train_data.py`` (pairs), ``train.py`` (the loop
+and its entry point) and ``train_stage.py`` (00-train).
 """
 
 from zoobook.models.spec import GraphSpec, ModelSpec, Published
@@ -31,7 +33,7 @@ SPEC = ModelSpec(
     name="siammask",
     title="SiamMask (VOT, refine)",
     reference="foolwood/SiamMask @ 0eaac33, experiments/siammask_sharp, config_vot.json",
-    stages=("01-data", "02-export", "03-convert", "04-infer", "05-evaluate", "06-benchmark"),
+    stages=("00-train", "01-data", "02-export", "03-convert", "04-infer", "05-evaluate", "06-benchmark"),
     graphs=GRAPHS,
     published=(
         Published("VOT2016 EAO", 0.433, "EAO", "PyTorch .pth (GPU)", _README + "; " + _PORT, 1, data=_VOT),
@@ -56,9 +58,11 @@ SPEC = ModelSpec(
                   data=_TRAIN_DATA),
     ),
     profiles={
-        "smoke": {"01-data": {"num_sequences": 1, "num_frames": 30, "demo_frames": 6},
+        "smoke": {"00-train": {"epochs": 2, "batch_size": 2, "pairs": 4, "videos": 2, "frames": 3},
+                  "01-data": {"num_sequences": 1, "num_frames": 30, "demo_frames": 6},
                   "06-benchmark": {"iterations": 2, "warmup": 1, "tracker_frames": 3}},
         "default": {"01-data": {"num_sequences": 3, "num_frames": 380}},
-        "full": {"01-data": {"num_sequences": 0, "require_real": True}, "02-export": {"require_official": True}},
+        "full": {"00-train": {"require_real": True}, "01-data": {"num_sequences": 0, "require_real": True},
+                 "02-export": {"require_official": True}},
     },
 )

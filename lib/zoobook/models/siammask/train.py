@@ -15,6 +15,9 @@ What it follows (FACTS.md sections 5 and 6.2):
 * presets: ``reference`` (end rate 0.0025, loss weights 1 / 1.2 / 36, a global batch split
   over the processes) and ``ascend-port`` (end rate 0.0005, weights 1 / 1 / 32, the batch per
   device, mixed precision);
+* on N processes each normalises its losses over its own share of the batch and DDP averages
+  the gradients, as the reference's DataParallel averaged the per-GPU losses; a step is skipped
+  on all processes or none; the log holds the mean over the processes;
 * a checkpoint per epoch (``checkpoint_e<N>.pth``: the base model's official keys, optimiser,
   epoch, log), written atomically; ``--resume`` continues after the newest one exactly, since
   every sample is a function of (seed, epoch, index).
@@ -278,20 +281,23 @@ def train(data_root: str | Path, out: str | Path, *, preset: Preset, seed: int =
             if parts is None:
                 skipped += 1
                 continue
+            parts = mean_over_processes(parts)
             now = time.perf_counter()
             steps += 1
-            if steps > skip_iterations:
+            if steps > min(skip_iterations, len(loader) - 1):  # at least one timed step per epoch
                 times.append(now - tick)
             tick = now
             for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value
+                if math.isfinite(value):  # mask IoU is undefined for a batch without a positive mask cell
+                    total, count = sums.get(key, (0.0, 0))
+                    sums[key] = (total + value, count + 1)
             if dist_info.main:
                 log["iterations"].append({"epoch": epoch, "step": steps, "lr": schedule[epoch], **parts})
                 bar.set_postfix(loss=f"{parts['loss']:.3f}")
         record = {"epoch": epoch, "lr": schedule[epoch], "steps": steps, "skipped": skipped,
                   "trunk_trainable": epoch >= unfreeze,
                   "samples_per_s": local_batch * dist_info.world / float(np.mean(times)) if times else None,
-                  **{k: v / max(steps, 1) for k, v in sums.items()}}
+                  **{k: total / count for k, (total, count) in sums.items()}}
         if dist_info.main:
             log["epochs"].append(record)
             _atomic_save({"epoch": epoch, "arch": "Custom (siammask_base)",
@@ -320,7 +326,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[s
         outputs = model(batch["template"], batch["search"])
     loss, parts = total_loss(tuple(o.float() for o in outputs[:3]), batch, preset.weights)
     optimizer.zero_grad(set_to_none=True)
-    if not math.isfinite(parts["loss"]) or parts["loss"] > MAX_LOSS:
+    bad = torch.tensor(float(not math.isfinite(parts["loss"]) or parts["loss"] > MAX_LOSS))
+    if _distributed():  # skip on every process or on none: a lone skip would stall the gradient exchange
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    if bad.item():
         return None
     trainable = [p for p in model.parameters() if p.requires_grad]
     if scaler is not None and scaler.is_enabled():
@@ -334,6 +343,24 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[s
         nn.utils.clip_grad_norm_(trainable, CLIP_NORM)
         optimizer.step()
     return parts
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def mean_over_processes(parts: dict[str, float]) -> dict[str, float]:
+    """The logged loss parts averaged over the processes (each process's value is its share
+    of the batch; the step follows their mean), NaN parts (mask IoU with no positive mask
+    cell) left out of the mean."""
+    if not _distributed():
+        return parts
+    keys = sorted(parts)
+    values = torch.tensor([parts[k] for k in keys], dtype=torch.float64)
+    finite = torch.isfinite(values)
+    totals = torch.stack([torch.where(finite, values, torch.zeros_like(values)), finite.double()])
+    torch.distributed.all_reduce(totals)
+    return {k: (t / c).item() if c else float("nan") for k, t, c in zip(keys, totals[0], totals[1])}
 
 
 def _wrap(model: nn.Module, dist_info: Distributed, device: torch.device) -> nn.Module:

@@ -79,13 +79,20 @@ def run_training(profile: str, data_root: str | Path, *, processes: int = 1, pre
 
 def throughput_rows(logs: dict[int, dict]) -> list[dict]:
     """Per run: processes, batch, and training samples per second (all processes together;
-    the first iterations of each epoch left out, as the port's figure leaves out 100)."""
+    the first iterations of each epoch left out, as the port's figure leaves out 100), over
+    all epochs and apart for the epochs with the trunk frozen and training; the final loss."""
     rows = []
     for processes, log in logs.items():
-        rates = [e["samples_per_s"] for e in log["epochs"] if e["samples_per_s"]]
+        def mean_rate(epochs):
+            rates = [e["samples_per_s"] for e in epochs if e["samples_per_s"]]
+            return sum(rates) / len(rates) if rates else None
+
+        epochs = log["epochs"]
         rows.append({"processes": processes, "global_batch": log["global_batch"], "per_process": log["local_batch"],
-                     "epochs": len(log["epochs"]), "samples_per_s": sum(rates) / len(rates) if rates else None,
-                     "final_loss": log["epochs"][-1]["loss"], "device": log["device"]})
+                     "epochs": len(epochs), "samples_per_s": mean_rate(epochs),
+                     "samples_per_s_trunk_frozen": mean_rate([e for e in epochs if not e["trunk_trainable"]]),
+                     "samples_per_s_trunk_training": mean_rate([e for e in epochs if e["trunk_trainable"]]),
+                     "final_loss": epochs[-1]["loss"], "device": log["device"]})
     return rows
 
 
