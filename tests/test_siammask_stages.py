@@ -131,3 +131,24 @@ def test_training_stage_measures_one_and_two_processes(smoke_run):
     assert all(row["samples_per_s"] > 0 and np.isfinite(row["final_loss"]) for row in rows.values())
     assert {p["value"] for p in record["tables"]["published"] if p["unit"] == "samples/s"} == {193, 236, 846, 1724}
     assert record["provenance"]["data"]["kind"] == "synthetic"
+
+
+def test_the_trained_checkpoint_is_tracked_and_scored(smoke_run):
+    """00-train hands its last checkpoint over; 04-infer tracks the VOT sequences with it (the
+    base model, mask branch alone) and 05-evaluate scores it, naming the checkpoint."""
+    from zoobook.models.siammask import pipeline
+
+    handed = pipeline.trained_checkpoint("smoke")
+    assert handed["checkpoint"].endswith("train/1p/checkpoint_e2.pth") and handed["processes"] == 1
+    infer = read_record("smoke", "siammask", "04-infer")
+    assert infer["provenance"]["trained_weights"]["path"] == handed["checkpoint"]
+    manifest = pipeline.load_manifest("smoke")
+    folder = pipeline.trained_results_folder("smoke", infer["provenance"]["trained_weights"])
+    assert folder.name == "Custom_mask_checkpoint_e2"
+    for seq in manifest["sequences"]:
+        lines = vot.read_results(vot.results_path(folder, seq["name"]))
+        assert len(lines) == seq["frames"] and lines[0] == [1.0]
+    evaluate = read_record("smoke", "siammask", "05-evaluate")
+    (row,) = [r for r in evaluate["tables"]["accuracy"] if r["backend"] == "torch, base model (mask branch)"]
+    assert row["source"] == "measured" and row["weights"].startswith("checkpoint_e2.pth: base model trained by 00-train")
+    assert evaluate["provenance"]["trained_weights"]["sha256"] == infer["provenance"]["trained_weights"]["sha256"]

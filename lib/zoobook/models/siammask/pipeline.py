@@ -36,7 +36,7 @@ from zoobook.models.siammask import GRAPHS
 from zoobook.models.siammask.checkpoint import build
 from zoobook.models.siammask.experiment import run_sequence
 from zoobook.models.siammask.export import export_graph, graph_module
-from zoobook.models.siammask.tracker import SessionEngine, SiamMaskTracker, TorchEngine
+from zoobook.models.siammask.tracker import SessionEngine, SiamMaskTracker, TorchEngine, TrackerConfig
 from zoobook.paths import data_dir, project_root, runs_dir
 from zoobook.records import file_stamps, resumable_folder, write_json_atomic
 
@@ -312,6 +312,65 @@ def track_vot(profile: str, backend: str, *, reference: bool = True, mode: str =
     return summary
 
 
+#: the base model's tracker settings: the reference's class defaults, which its base config
+#: (experiments/siammask_base/config.json) leaves in place; the mask branch alone (63 x 63)
+BASE_TRACKER = TrackerConfig(penalty_k=0.09, window_influence=0.39, lr=0.38, seg_thr=0.30, out_size=63,
+                             refine=False)
+TRAINED = "trained-base"
+
+
+def trained_checkpoint(profile: str) -> dict | None:
+    """What 00-train handed over (``train/checkpoint.json``), None when it has not run."""
+    path = _artifacts(profile) / "train" / "checkpoint.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_trained(profile: str) -> tuple[torch.nn.Module, dict]:
+    """The base model with the checkpoint 00-train handed over, and where it came from."""
+    handed = trained_checkpoint(profile)
+    if handed is None:
+        raise FileNotFoundError(f"{_artifacts(profile) / 'train' / 'checkpoint.json'}: no trained checkpoint; "
+                                "run stage 00-train first")
+    model, weights = build(handed["checkpoint"], refine=False)
+    return model, {**weights, "from": "00-train", "processes": handed["processes"], "epochs": handed["epochs"],
+                   "preset": handed["preset"],
+                   "note": f"{Path(handed['checkpoint']).name}: base model trained by 00-train ({handed['epochs']} "
+                           f"epochs, {handed['processes']} process(es), preset {handed['preset']})"}
+
+
+def track_trained(profile: str, *, resume: bool = True) -> dict:
+    """Run the supervised experiment with the base model 00-train trained (PyTorch, the mask
+    branch alone, the base config's tracker settings), into the reference's result files
+    under ``results/trained-base/Custom_mask_<checkpoint>``."""
+    manifest = load_manifest(profile)
+    dataset = load_dataset(manifest)
+    model, weights = load_trained(profile)
+    folder = trained_results_folder(profile, weights)
+    key = {"dataset": manifest["dataset"], "sequences": manifest["sequences"], "weights": weights["sha256"],
+           "tracker": BASE_TRACKER.__dict__}
+    resumable_folder(folder, key, resume=resume, pattern="baseline/*/*_001.txt")
+    tracker = SiamMaskTracker(TorchEngine(model), BASE_TRACKER)
+    runs, skipped = {}, []
+    with tqdm(total=sum(s["frames"] for s in manifest["sequences"]), desc="track trained base") as bar:
+        for i in range(len(dataset)):
+            sequence = dataset[i]
+            path = vot.results_path(folder, sequence.name)
+            if resume and path.is_file():
+                skipped.append(sequence.name)
+                bar.update(len(sequence))
+                continue
+            run = run_sequence(tracker, sequence, on_frame=lambda _: bar.update())
+            vot.write_results(path, run["regions"])
+            runs[sequence.name] = {"failures": len(run["failures"]), "frames": len(sequence),
+                                   "tracking_s": run["tracking_s"], "fps": run["fps"]}
+    return {"folder": str(folder), "sequences": runs, "skipped": skipped, "fps": _mean_fps(runs), "weights": weights}
+
+
+def trained_results_folder(profile: str, weights: dict) -> Path:
+    """The reference's results name for the base model with masks: ``Custom_mask_<checkpoint stem>``."""
+    return _artifacts(profile) / "results" / TRAINED / f"Custom_mask_{Path(weights['path']).stem}"
+
+
 def _mean_fps(runs: dict) -> float | None:
     """Tracked frames / tracking time over all sequences run now (as the reference reports speed)."""
     seconds = sum(r["tracking_s"] for r in runs.values())
@@ -359,11 +418,12 @@ def load_demo(profile: str, candidate: str) -> dict[str, np.ndarray]:
 
 
 def evaluate(profile: str, backend: str, *, reference: bool = True, mode: str = "split",
-             backend_options: dict | None = None) -> dict:
+             backend_options: dict | None = None, trained: bool = True) -> dict:
     """Score each candidate's result files alone (accuracy, robustness, EAO over both
     intervals), and the backend against the PyTorch reference: on the VOT runs, whether
     both wrote the same kind of line and the overlap of their regions; on the demo clip, in
-    lock-step (:func:`lockstep`)."""
+    lock-step (:func:`lockstep`). With ``trained``, also the base model 00-train trained,
+    where 04-infer tracked with it."""
     manifest = load_manifest(profile)
     index = read_json_index(manifest["index"])
     names = candidates(backend, reference)
@@ -372,6 +432,12 @@ def evaluate(profile: str, backend: str, *, reference: bool = True, mode: str = 
         write_json_atomic(_artifacts(profile) / "scores" / f"{name}.json", score)
     weights = FILES.read(profile, "export.json", "02-export")["weights"]
     out = {"scores": scores, "dataset": manifest["dataset"], "weights": weights}
+    if trained and trained_checkpoint(profile) is not None:
+        _, trained_weights = load_trained(profile)
+        folder = trained_results_folder(profile, trained_weights)
+        if folder.is_dir():
+            out["scores"][TRAINED] = vot.evaluate_folder(index, folder)
+            out["trained_weights"] = trained_weights
     if len(names) == 2:
         out["agreement"] = agreement(index, *(results_folder(profile, n) for n in names))
         out["lockstep"] = lockstep(profile, backend, mode=mode, backend_options=backend_options)
@@ -427,10 +493,12 @@ def vot_rows(evaluation: dict, spec) -> list[dict]:
     data = evaluation["dataset"]
     rows = []
     for name, s in evaluation["scores"].items():
-        rows.append({"source": "measured", "backend": name, "EAO [100,356]": s["eao"]["repo"],
+        trained = name == TRAINED
+        rows.append({"source": "measured", "backend": "torch, base model (mask branch)" if trained else name,
+                     "EAO [100,356]": s["eao"]["repo"],
                      "EAO [108,371]": s["eao"]["vot2016"], "accuracy": s["accuracy"], "robustness": s["robustness"],
                      "failures": s["lost_number"], "frames": s["frames"],
-                     "weights": weights_label(evaluation["weights"]),
+                     "weights": evaluation["trained_weights"]["note"] if trained else weights_label(evaluation["weights"]),
                      "data": f"{data['kind']}: {data['name']} ({data['sequences']} sequences)"})
     published: dict[str, dict] = {}
     for pub in spec.published:
