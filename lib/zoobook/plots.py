@@ -69,9 +69,14 @@ def throughput_vs_batch(rows: list[dict], published: list[dict] | None = None, t
     if published:
         ax.scatter([], [], facecolors="none", edgecolors="grey", label=f"published ({published[0]['device']})")
         ax.set_yscale("log")
+    return _batch_axes(fig, ax, "throughput (images/s)", title)
+
+
+def _batch_axes(fig, ax, ylabel: str, title: str):
+    """Batch size on a base-2 log axis, grid, legend: the frame of the per-batch plots."""
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
-    ax.set_ylabel("throughput (images/s)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -219,14 +224,7 @@ def memory_vs_batch(rows: list[dict], title: str = "Peak resident memory", limit
         batch, peak, loaded = zip(*mine)
         ax.plot(batch, peak, marker="o", color=f"C{k}", label=f"{name}: peak during the calls")
         ax.plot(batch, loaded, ls="--", color=f"C{k}", alpha=0.6, label=f"{name}: once loaded")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("resident memory (GiB)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _batch_axes(fig, ax, "resident memory (GiB)", title)
 
 
 def training_curves(runs: dict[str, list[dict]], parts: tuple[str, ...] = ("loss", "cls", "loc", "mask")):

@@ -293,23 +293,27 @@ def track_vot(profile: str, backend: str, *, reference: bool = True, mode: str =
                          pattern="baseline/*/*_001.txt")
         tracker = SiamMaskTracker(open_engine(profile, candidate, mode=mode, model=model,
                                               backend_options=backend_options))
-        runs, skipped = {}, []
-        total = sum(s["frames"] for s in manifest["sequences"])
-        with tqdm(total=total, desc=f"track {candidate}") as bar:
-            for i in range(len(dataset)):
-                sequence = dataset[i]
-                path = vot.results_path(folder, sequence.name)
-                if resume and path.is_file():
-                    skipped.append(sequence.name)
-                    bar.update(len(sequence))
-                    continue
-                run = run_sequence(tracker, sequence, on_frame=lambda _: bar.update())
-                vot.write_results(path, run["regions"])
-                runs[sequence.name] = {"failures": len(run["failures"]), "frames": len(sequence),
-                                       "tracking_s": run["tracking_s"], "fps": run["fps"]}
-        summary[candidate] = {"folder": str(folder), "sequences": runs, "skipped": skipped,
-                              "fps": _mean_fps(runs)}
+        summary[candidate] = _experiment(tracker, dataset, folder, resume=resume, desc=f"track {candidate}")
     return summary
+
+
+def _experiment(tracker: SiamMaskTracker, dataset: VotDataset, folder: Path, *, resume: bool, desc: str) -> dict:
+    """The supervised experiment on every sequence not yet written (with ``resume``), into
+    the reference's result files under ``folder``."""
+    runs, skipped = {}, []
+    with tqdm(total=sum(len(dataset[i]) for i in range(len(dataset))), desc=desc) as bar:
+        for i in range(len(dataset)):
+            sequence = dataset[i]
+            path = vot.results_path(folder, sequence.name)
+            if resume and path.is_file():
+                skipped.append(sequence.name)
+                bar.update(len(sequence))
+                continue
+            run = run_sequence(tracker, sequence, on_frame=lambda _: bar.update())
+            vot.write_results(path, run["regions"])
+            runs[sequence.name] = {"failures": len(run["failures"]), "frames": len(sequence),
+                                   "tracking_s": run["tracking_s"], "fps": run["fps"]}
+    return {"folder": str(folder), "sequences": runs, "skipped": skipped, "fps": _mean_fps(runs)}
 
 
 #: the base model's tracker settings: the reference's class defaults, which its base config
@@ -350,20 +354,7 @@ def track_trained(profile: str, *, resume: bool = True) -> dict:
            "tracker": BASE_TRACKER.__dict__}
     resumable_folder(folder, key, resume=resume, pattern="baseline/*/*_001.txt")
     tracker = SiamMaskTracker(TorchEngine(model), BASE_TRACKER)
-    runs, skipped = {}, []
-    with tqdm(total=sum(s["frames"] for s in manifest["sequences"]), desc="track trained base") as bar:
-        for i in range(len(dataset)):
-            sequence = dataset[i]
-            path = vot.results_path(folder, sequence.name)
-            if resume and path.is_file():
-                skipped.append(sequence.name)
-                bar.update(len(sequence))
-                continue
-            run = run_sequence(tracker, sequence, on_frame=lambda _: bar.update())
-            vot.write_results(path, run["regions"])
-            runs[sequence.name] = {"failures": len(run["failures"]), "frames": len(sequence),
-                                   "tracking_s": run["tracking_s"], "fps": run["fps"]}
-    return {"folder": str(folder), "sequences": runs, "skipped": skipped, "fps": _mean_fps(runs), "weights": weights}
+    return {**_experiment(tracker, dataset, folder, resume=resume, desc="track trained base"), "weights": weights}
 
 
 def trained_results_folder(profile: str, weights: dict) -> Path:
