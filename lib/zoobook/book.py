@@ -51,15 +51,17 @@ def _provenance_lines(records: list[dict]) -> list[str]:
     weights, data = {}, {}
     for r in records:
         prov = r.get("provenance") or {}
-        if prov.get("weights"):
-            w = prov["weights"]
-            weights[(w.get("kind"), w.get("sha256"))] = (f"**weights**: {w.get('kind')}"
-                                                         + (f", sha256 `{w['sha256'][:16]}`" if w.get("sha256") else "")
-                                                         + (f" — {w['note']}" if w.get("note") else ""))
+        for w in (prov.get("weights"), prov.get("trained_weights")):
+            if w:
+                weights[(w.get("kind"), w.get("sha256"))] = (
+                    f"**weights**: {w.get('kind')}" + (f", sha256 `{w['sha256'][:16]}`" if w.get("sha256") else "")
+                    + (f" — {w['note']}" if w.get("note") else ""))
         if prov.get("data"):
             d = prov["data"]
             if "sequences" in d:
                 count = f"{d['sequences']} sequences, {d.get('frames', '?')} frames"
+            elif "videos_per_set" in d:
+                count = f"{d['videos_per_set']} videos per dataset"
             else:
                 count = f"{d.get('images_with_annotations', d.get('count', '?'))} images"
             data[(d.get("kind"), d.get("name"), count)] = f"**data**: {d.get('kind')} — {d.get('name')}, {count}"
