@@ -278,11 +278,12 @@ def train(data_root: str | Path, out: str | Path, *, preset: Preset, seed: int =
         bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (progress and dist_info.main), leave=False)
         for batch in bar:
             parts = train_step(wrapped, optimizer, {k: v.to(dev) for k, v in batch.items()}, preset, scaler)
+            now = time.perf_counter()
             if parts is None:
                 skipped += 1
+                tick = now
                 continue
             parts = mean_over_processes(parts)
-            now = time.perf_counter()
             steps += 1
             if steps > min(skip_iterations, len(loader) - 1):  # at least one timed step per epoch
                 times.append(now - tick)
