@@ -153,3 +153,24 @@ def test_run_isolated_reports_a_failing_process():
 
     with pytest.raises(IsolatedRunFailed, match="_fail.*exit status 1.*bad input in the child"):
         run_isolated(_fail)
+
+
+def test_graph_flops_counts_every_item_of_a_non_batch_first_axis(tmp_path):
+    """A mask head runs its convolutions on k RoIs stacked on the first axis of a batch-1
+    graph: all k count (an earlier count took that axis for the batch and counted one)."""
+    import torch
+
+    from zoobook.export import export_onnx, graph_flops
+
+    class PerRoi(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):  # [1, 3, 8, 8] -> 4 "RoIs" of 3 x 4 x 4
+            return self.conv(x.reshape(4, 3, 4, 4))
+
+    path = tmp_path / "rois.onnx"
+    export_onnx(PerRoi(), (torch.zeros(1, 3, 8, 8),), path, input_names=["x"], output_names=["y"], opset=13,
+                dynamic_batch=False)
+    assert graph_flops(path) == 2 * 4 * (8 * 4 * 4) * (3 * 3 * 3)

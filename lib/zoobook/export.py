@@ -95,17 +95,19 @@ def graph_flops(path: str | Path, batch_size: int = 1) -> float:
         if node.op_type == "Conv":
             macs += _prod(out) * _prod(weight[1:])
         elif node.op_type == "MatMul":
-            macs += _prod(out) * first[-1]
+            macs += _prod(out) * (first[-1] or 1)
         elif node.op_type == "Gemm":
             trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-            macs += _prod(out) * first[0 if trans_a else -1]
+            macs += _prod(out) * (first[0 if trans_a else -1] or 1)
     return 2.0 * macs * batch_size
 
 
 def _prod(values) -> int:
+    """The product of a shape's dimensions; a symbolic one (0 after shape inference: the
+    batch axis carried through) counts as 1."""
     total = 1
     for v in values:
-        total *= int(v)
+        total *= int(v) or 1
     return total
 
 
