@@ -45,19 +45,25 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write text through a temporary file in the same folder and ``os.replace``."""
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write bytes through a temporary file in the same folder and ``os.replace``: a reader
+    sees the old file or the new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write text atomically (see :func:`write_bytes_atomic`)."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
@@ -99,6 +105,18 @@ def resumable_folder(folder: str | Path, key: Any, *, resume: bool, pattern: str
             old.unlink()
     write_json_atomic(key_file, key)
     return folder
+
+
+def generated_once(root: str | Path, meta: dict, generate) -> Path:
+    """Call ``generate()`` to write a generated dataset under ``root`` unless it already holds
+    one made with the same ``meta`` (parameters such as size and seed, kept beside it in
+    ``zoobook-generator.json``); returns ``root``."""
+    root = Path(root)
+    meta_file = root / "zoobook-generator.json"
+    if not meta_file.is_file() or json.loads(meta_file.read_text()) != json.loads(json.dumps(meta)):
+        generate()
+        write_json_atomic(meta_file, meta)
+    return root
 
 
 def versions() -> dict[str, str]:

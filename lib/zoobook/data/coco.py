@@ -188,10 +188,8 @@ def locate_coco(profile: str, *, num_images: int = 24, require_real: bool = Fals
     layout under ``runs/<profile>/datasets/coco-synthetic-<n>-s<seed>`` (made once; models
     asking for other sizes get their own folder).
     ``num_images`` 0 means all. Returns the dataset and its provenance."""
-    import json
-
     from zoobook.paths import data_dir, runs_dir
-    from zoobook.records import write_json_atomic
+    from zoobook.records import generated_once
 
     real = find_coco(data_dir())
     if real:
@@ -203,10 +201,7 @@ def locate_coco(profile: str, *, num_images: int = 24, require_real: bool = Fals
                                 "not found; this profile needs it (images in data/coco/val2017/)")
     root = runs_dir() / profile / "datasets" / f"coco-synthetic-{num_images}-s{seed}"
     meta = {"num_images": num_images + 1, "seed": seed}  # +1: the generator's last image is empty
-    meta_file = root / "zoobook-generator.json"
-    if not meta_file.is_file() or json.loads(meta_file.read_text()) != meta:
-        write_synthetic_coco(root, meta["num_images"], seed=seed)
-        write_json_atomic(meta_file, meta)
+    generated_once(root, meta, lambda: write_synthetic_coco(root, meta["num_images"], seed=seed))
     dataset = CocoDataset(root / "annotations" / "instances_val2017.json", root / "val2017", limit=num_images or None)
     return dataset, {"kind": "synthetic", "name": "generated COCO-format set (random polygons)",
                      "annotation_file": str(dataset.annotation_file), "images_with_annotations": len(dataset),

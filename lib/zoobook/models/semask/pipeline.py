@@ -15,7 +15,6 @@ port's ``.bin`` for ``ais_bench`` on the command line.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from zoobook.metrics.segmentation import ConfusionMatrix
 from zoobook.models.semask import GRAPH
 from zoobook.models.semask.checkpoint import build
 from zoobook.models.semask.export import PORT_SIZE, export_graphs, graph_shapes, normalize
-from zoobook.records import file_stamps, resumable_folder, write_json_atomic
+from zoobook.records import file_stamps, generated_once, resumable_folder, write_bytes_atomic, write_json_atomic
 
 MODEL = "semask"
 FILES = Artifacts(MODEL)
@@ -51,8 +50,9 @@ MIN_AGREEMENT_CPU = 0.999
 #: and for a device computing in reduced precision (ATC's default fp16 on Ascend)
 MIN_AGREEMENT_DEVICE = 0.99
 #: ONNX Runtime without its memory pattern: planned on the first run, it is allocated beside
-#: the arena's blocks on the next, which nearly doubles the peak (measured at 1024 x 2048:
-#: 3.4 instead of 1.9 GB per image) for no gain in speed
+#: the arena's blocks on the next, which nearly doubles the peak (measured while writing this,
+#: ONNX Runtime 1.31 on 2 CPU cores at 1024 x 2048: 3.4 instead of 1.9 GB per image) for no
+#: gain in speed
 ORT_OPTIONS = {"memory_pattern": False}
 
 
@@ -83,10 +83,7 @@ def locate_dataset(profile: str, *, num_images: int = 4, size: tuple[int, int] =
     height, width = size
     root = runs_dir() / profile / "datasets" / f"cityscapes-synthetic-{count}-{height}x{width}-s{seed}"
     meta = {"num_images": count, "size": [height, width], "seed": seed}
-    meta_file = root / "zoobook-generator.json"
-    if not meta_file.is_file() or json.loads(meta_file.read_text()) != meta:
-        write_synthetic_cityscapes(root, count, size=(height, width), seed=seed)
-        write_json_atomic(meta_file, meta)
+    generated_once(root, meta, lambda: write_synthetic_cityscapes(root, count, size=(height, width), seed=seed))
     dataset = CityscapesDataset(root, "val")
     return dataset, {"kind": "synthetic", "name": "generated Cityscapes-layout set (street-like class regions)",
                      "root": str(root), "count": len(dataset), "seed": seed}
@@ -107,10 +104,10 @@ def prepare(profile: str, dataset: CityscapesDataset, provenance: dict, *,
     for index in tqdm(range(len(dataset)), desc="check"):
         sample = dataset[index]
         label = dataset.load_label(index)
-        shape = cv2.imread(str(sample["image"]), cv2.IMREAD_UNCHANGED).shape
-        if shape[:2] != label.shape:
-            raise ValueError(f"{sample['image']}: image {shape[:2]} and label {label.shape} differ in size")
-        resized += shape[:2] != (height, width)
+        shape = _image_hw(sample["image"])
+        if shape != label.shape:
+            raise ValueError(f"{sample['image']}: image {shape} and label {label.shape} differ in size")
+        resized += shape != (height, width)
         class_pixels += np.bincount(np.minimum(label.ravel(), NUM_CLASSES), minlength=NUM_CLASSES + 1)
         images.append({"index": index, "name": sample["name"], "city": sample["city"], "image": str(sample["image"]),
                        "label": str(sample["label"]), "height": shape[0], "width": shape[1]})
@@ -119,6 +116,17 @@ def prepare(profile: str, dataset: CityscapesDataset, provenance: dict, *,
                                  "ignored (255)": int(class_pixels[NUM_CLASSES])}}
     write_json_atomic(folder / "manifest.json", manifest)
     return manifest
+
+
+def _image_hw(path: Path) -> tuple[int, int]:
+    """An image's (height, width) from its header, without decoding it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable image ({err})") from None
 
 
 def data_pictures(profile: str, count: int = 3) -> tuple[list[list[np.ndarray]], list[str], list[str]]:
@@ -299,8 +307,8 @@ def graph_class_maps(profile: str, kind: str, artifact: str, indices: list[int],
                      options: dict | None = None) -> np.ndarray:
     """The class maps of data images ``indices`` from one graph, run in a process of its own
     (``kind`` "onnx": the exported graph in plain ONNX Runtime; else a backend and its
-    compiled artifact). At 1024 x 2048 ONNX Runtime holds about 2 GB per image in the batch;
-    a separate process gives it all back before the next graph runs."""
+    compiled artifact). ONNX Runtime's memory grows with the batch (about 2 GB per image at
+    1024 x 2048 on a CPU); a separate process gives it all back before the next graph runs."""
     return bench.run_isolated(_class_maps_worker, profile, kind, artifact, list(indices), options)[0]
 
 
@@ -361,9 +369,7 @@ def _write_png_atomic(path: Path, image: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", image)
     if not ok:
         raise RuntimeError(f"{path}: PNG encoding failed")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.tobytes())
-    tmp.replace(path)
+    write_bytes_atomic(path, data.tobytes())
 
 
 def load_prediction(profile: str, backend: str, manifest: dict, index: int) -> np.ndarray:
@@ -430,8 +436,8 @@ def class_rows(evaluation: dict) -> list[dict]:
     counted pixels), then IoU and accuracy (x 100) of each candidate."""
     rows = []
     first = evaluation["candidates"][0]
+    matrix = np.asarray(evaluation["confusion"][first])
     for c in CLASSES:
-        matrix = np.asarray(evaluation["confusion"][first])
         row = {"class": c.name, "gt_pixels": int(matrix[c.train_id].sum()),
                f"predicted_pixels {first}": int(matrix[:, c.train_id].sum())}
         for name in evaluation["candidates"]:
@@ -516,8 +522,9 @@ def benchmark(profile: str, backend: str, *, batch_sizes: list[int] | None = Non
     accuracy. Also: the host's read + normalise per image, the graph's counted GFLOP, and a
     linear fit of peak memory over batch size."""
     names = ["torch", "onnxruntime"] + ([backend] if backend not in ("torch", "onnxruntime") else [])
-    batch_sizes = list(batch_sizes or exported_batch_sizes(profile))
-    flops = graph_flops(onnx_path(profile, exported_batch_sizes(profile)[0])) / exported_batch_sizes(profile)[0]
+    available = exported_batch_sizes(profile)
+    batch_sizes = list(batch_sizes or available)
+    flops = graph_flops(onnx_path(profile, available[0])) / available[0]  # per image
     rows, failures = [], []
     for bs in tqdm(batch_sizes, desc="batch sizes"):
         for name in names:

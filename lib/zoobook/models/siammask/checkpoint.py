@@ -53,6 +53,22 @@ def official_to_zoobook(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return mapped
 
 
+def zoobook_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`official_to_zoobook`: this package's names back to the
+    reference's (training checkpoints are saved in the reference's layout)."""
+    mapped = {}
+    for key, value in state.items():
+        new = key
+        for old, replacement in _PREFIXES:
+            if new.startswith(replacement):
+                new = old + new[len(replacement):]
+                break
+        for old, replacement in _INNER:
+            new = new.replace(replacement, old, 1)
+        mapped[new] = value
+    return mapped
+
+
 _PACKAGE = "zoobook.models.siammask"
 
 

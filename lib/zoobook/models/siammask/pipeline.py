@@ -13,7 +13,6 @@ Artifacts of a run live in ``runs/<profile>/siammask/artifacts/``::
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +33,12 @@ from zoobook.export import onnx_io
 from zoobook.metrics import vot
 from zoobook.models.siammask import GRAPHS
 from zoobook.models.siammask.checkpoint import build
+from zoobook.models.siammask import train_stage
 from zoobook.models.siammask.experiment import run_sequence
 from zoobook.models.siammask.export import export_graph, graph_module
 from zoobook.models.siammask.tracker import SessionEngine, SiamMaskTracker, TorchEngine, TrackerConfig
 from zoobook.paths import data_dir, project_root, runs_dir
-from zoobook.records import file_stamps, resumable_folder, write_json_atomic
+from zoobook.records import file_stamps, generated_once, resumable_folder, write_json_atomic
 
 MODEL = "siammask"
 #: fp32 tolerance (golden README: |diff| <= 1e-3 on maps and logits, 5e-3 on corr_feature, values up to 81)
@@ -73,10 +73,7 @@ def locate_dataset(profile: str, *, num_sequences: int = 3, num_frames: int = 60
                                 "(sequence folders with groundtruth.txt beside list.txt)")
     root = runs_dir() / profile / "datasets" / "vot-synthetic" / "VOT2016"
     meta = {"num_sequences": num_sequences, "num_frames": num_frames, "seed": seed}
-    meta_file = root / "zoobook-generator.json"
-    if not meta_file.is_file() or json.loads(meta_file.read_text()) != meta:
-        write_synthetic_vot(root, num_sequences, num_frames, seed=seed)
-        write_json_atomic(meta_file, meta)
+    generated_once(root, meta, lambda: write_synthetic_vot(root, num_sequences, num_frames, seed=seed))
     dataset = VotDataset(root)
     return dataset, {"kind": "synthetic", "name": "generated VOT2016-format set (moving, turning rectangles)",
                      "root": str(root), "sequences": len(dataset), "seed": seed}
@@ -324,17 +321,15 @@ TRAINED = "trained-base"
 
 
 def trained_checkpoint(profile: str) -> dict | None:
-    """What 00-train handed over (``train/checkpoint.json``), None when it has not run."""
-    path = _artifacts(profile) / "train" / "checkpoint.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """What 00-train handed over, None when it has not run."""
+    return train_stage.handed_over(profile)
 
 
 def load_trained(profile: str) -> tuple[torch.nn.Module, dict]:
     """The base model with the checkpoint 00-train handed over, and where it came from."""
     handed = trained_checkpoint(profile)
     if handed is None:
-        raise FileNotFoundError(f"{_artifacts(profile) / 'train' / 'checkpoint.json'}: no trained checkpoint; "
-                                "run stage 00-train first")
+        raise FileNotFoundError(f"{train_stage.handoff_path(profile)}: no trained checkpoint; run stage 00-train first")
     model, weights = build(handed["checkpoint"], refine=False)
     return model, {**weights, "from": "00-train", "processes": handed["processes"], "epochs": handed["epochs"],
                    "preset": handed["preset"],
@@ -485,11 +480,11 @@ def vot_rows(evaluation: dict, spec) -> list[dict]:
     rows = []
     for name, s in evaluation["scores"].items():
         trained = name == TRAINED
+        weights = evaluation["trained_weights"]["note"] if trained else weights_label(evaluation["weights"])
         rows.append({"source": "measured", "backend": "torch, base model (mask branch)" if trained else name,
                      "EAO [100,356]": s["eao"]["repo"],
                      "EAO [108,371]": s["eao"]["vot2016"], "accuracy": s["accuracy"], "robustness": s["robustness"],
-                     "failures": s["lost_number"], "frames": s["frames"],
-                     "weights": evaluation["trained_weights"]["note"] if trained else weights_label(evaluation["weights"]),
+                     "failures": s["lost_number"], "frames": s["frames"], "weights": weights,
                      "data": f"{data['kind']}: {data['name']} ({data['sequences']} sequences)"})
     published: dict[str, dict] = {}
     for pub in spec.published:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoobook.models.siammask.checkpoint import official_to_zoobook, zoobook_to_official
 from zoobook.models.siammask.training import PORT_WEIGHTS, REFERENCE_WEIGHTS, LossWeights, total_loss
 
 MAX_LOSS, CLIP_NORM = 1e4, 10.0
@@ -119,23 +120,6 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def zoobook_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`~zoobook.models.siammask.checkpoint.official_to_zoobook`."""
-    from zoobook.models.siammask.checkpoint import _INNER, _PREFIXES
-
-    mapped = {}
-    for key, value in state.items():
-        new = key
-        for old, replacement in _PREFIXES:
-            if new.startswith(replacement):
-                new = old + new[len(replacement):]
-                break
-        for old, replacement in _INNER:
-            new = new.replace(replacement, old, 1)
-        mapped[new] = value
-    return mapped
-
-
 def load_pretrained_trunk(model: nn.Module, path: str | Path) -> dict:
     """The ImageNet ``resnet.model`` into the trunk: keys ``conv1.weight``, ``layer1.0...``
     (a ``module.`` or ``features.`` prefix allowed). Every trunk key must be there with its
@@ -157,9 +141,13 @@ def load_pretrained_trunk(model: nn.Module, path: str | Path) -> dict:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    import io
+
+    from zoobook.records import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
@@ -248,8 +236,6 @@ def train(data_root: str | Path, out: str | Path, *, preset: Preset, seed: int =
     start = 0
     if resume and (found := latest_checkpoint(out)):
         checkpoint = torch.load(found, map_location="cpu", weights_only=True)
-        from zoobook.models.siammask.checkpoint import official_to_zoobook
-
         model.load_state_dict(official_to_zoobook(checkpoint["state_dict"]), strict=True)
         start, log = checkpoint["epoch"] + 1, json.loads(checkpoint["log"])
         log["resumed_from"] = str(found)

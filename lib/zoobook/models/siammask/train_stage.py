@@ -17,7 +17,7 @@ from pathlib import Path
 
 from zoobook.artifacts import Artifacts
 from zoobook.data.crop511 import BASE_SUBSETS, write_synthetic_crop511
-from zoobook.records import write_json_atomic
+from zoobook.records import generated_once, write_json_atomic
 
 FILES = Artifacts("siammask")
 REAL_ROOT = "siammask_train"  # data/siammask_train/<dataset>/crop511 and the indexes
@@ -37,14 +37,26 @@ def locate_training_data(profile: str, *, videos: int = 8, frames: int = 8, requ
         raise FileNotFoundError(f"{real}: no crop511 training set (<dataset>/crop511 with its index) found")
     root = runs_dir() / profile / "datasets" / f"siammask-crop511-{videos}x{frames}-s{seed}"
     meta = {"videos": videos, "frames": frames, "seed": seed}
-    meta_file = root / "zoobook-generator.json"
-    if not meta_file.is_file() or json.loads(meta_file.read_text()) != meta:
+
+    def generate():
         for k, config in enumerate(BASE_SUBSETS):
             write_synthetic_crop511(root, config, videos=videos, frames=frames, seed=seed * 10 + k)
-        write_json_atomic(meta_file, meta)
+
+    generated_once(root, meta, generate)
     return root, {"kind": "synthetic", "name": "generated crop511 sets (ytb_vos, vid, coco, det layouts; "
                                                "textured shapes)", "root": str(root), "videos_per_set": videos,
                   "seed": seed}
+
+
+def handoff_path(profile: str) -> Path:
+    """Where 00-train names the checkpoint the tracking stages take."""
+    return FILES.folder(profile) / "train" / "checkpoint.json"
+
+
+def handed_over(profile: str) -> dict | None:
+    """What 00-train handed over, None when it has not run."""
+    path = handoff_path(profile)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def run_folder(profile: str, processes: int) -> Path:
@@ -106,7 +118,7 @@ def hand_off(profile: str, processes: int, data: dict) -> dict:
     log = json.loads((run_folder(profile, processes) / "train_log.json").read_text())
     record = {"checkpoint": str(checkpoint), "processes": processes, "epochs": len(log["epochs"]),
               "preset": log["preset"]["name"], "data": data}
-    write_json_atomic(FILES.folder(profile) / "train" / "checkpoint.json", record)
+    write_json_atomic(handoff_path(profile), record)
     return record
 
 
