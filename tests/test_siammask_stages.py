@@ -129,6 +129,11 @@ def test_training_stage_measures_one_and_two_processes(smoke_run):
     rows = {row["processes"]: row for row in record["tables"]["throughput"]}
     assert sorted(rows) == [1, 2] and rows[2]["per_process"] * 2 == rows[2]["global_batch"]
     assert all(row["samples_per_s"] > 0 and np.isfinite(row["final_loss"]) for row in rows.values())
+    per_epoch = record["tables"]["per_epoch"]
+    assert [(r["processes"], r["epoch"]) for r in per_epoch] == [(n, e) for n in (1, 2)
+                                                                for e in range(1, record["parameters"]["epochs"] + 1)]
+    assert all(r["loss"] == rows[r["processes"]]["final_loss"] for r in per_epoch
+               if r["epoch"] == record["parameters"]["epochs"])
     assert {p["value"] for p in record["tables"]["published"] if p["unit"] == "samples/s"} == {193, 236, 846, 1724}
     assert record["provenance"]["data"]["kind"] == "synthetic"
 

@@ -227,28 +227,45 @@ def memory_vs_batch(rows: list[dict], title: str = "Peak resident memory", limit
     return _batch_axes(fig, ax, "resident memory (GiB)", title)
 
 
-def training_curves(runs: dict[str, list[dict]], parts: tuple[str, ...] = ("loss", "cls", "loc", "mask")):
-    """Loss per training step, one line per run (``{label: iterations}``, each iteration a
-    dict with ``epoch`` and the loss parts), one panel per part; epochs shaded alternately."""
+def training_curves(runs: dict[str, dict], parts: tuple[str, ...] = ("loss", "cls", "loc", "mask", "iou_mean"),
+                    titles: dict[str, str] | None = None):
+    """Loss per training step, one colour per run (``{label: train log}``, the log's
+    ``iterations`` each a dict with ``epoch`` and the loss parts), one panel per part: each step
+    faint, each epoch's mean as a marked line at the epoch's middle step; epochs shaded
+    alternately and a dotted line where the trunk starts training. Steps with no value for a
+    part (NaN, e.g. the mask IoU of a batch without masks) are left out of its means. The
+    value axis spans the epoch means and the 2nd to 98th percentile of the steps."""
+    titles = {"loss": "total loss", "cls": "classification", "loc": "box (L1)", "mask": "mask (logistic)",
+              "iou_mean": "mask IoU (mean over positives)", **(titles or {})}
     fig, axes = plt.subplots(1, len(parts), figsize=(3.6 * len(parts), 3.4), squeeze=False)
     for ax, part in zip(axes[0], parts):
-        for k, (label, steps) in enumerate(runs.items()):
+        shown = []
+        for k, (label, log) in enumerate(runs.items()):
+            steps = log["iterations"]
             values = np.array([s[part] for s in steps], dtype=np.float64)
-            ax.plot(np.arange(1, len(values) + 1), values, color=f"C{k}", alpha=0.35, lw=1)
-            if len(values) >= 4:
-                width = max(2, len(values) // 8)
-                smooth = np.convolve(values, np.ones(width) / width, mode="valid")
-                ax.plot(np.arange(width, len(values) + 1), smooth, color=f"C{k}", lw=2, label=label)
-            else:
-                ax.lines[-1].set_label(label)
-        first = next(iter(runs.values()), [])
-        epochs = [s["epoch"] for s in first]
+            epochs = np.array([s["epoch"] for s in steps])
+            x = np.arange(1, len(values) + 1)
+            ax.plot(x, values, color=f"C{k}", alpha=0.3, lw=1)
+            known = np.isfinite(values)
+            kept = [e for e in np.unique(epochs) if known[epochs == e].any()]
+            middles = [x[epochs == e].mean() for e in kept]
+            means = [values[(epochs == e) & known].mean() for e in kept]
+            ax.plot(middles, means, color=f"C{k}", lw=2, marker="o", ms=4, label=f"{label} (epoch mean)")
+            shown += [np.percentile(values[known], [2, 98]) if known.any() else [], means]
+        first = next(iter(runs.values()), {"iterations": [], "epochs": []})
+        epochs = [s["epoch"] for s in first["iterations"]]
         for e in sorted(set(epochs))[1::2]:
             inside = [i + 1 for i, v in enumerate(epochs) if v == e]
             ax.axvspan(inside[0] - 0.5, inside[-1] + 0.5, color="grey", alpha=0.08)
-        ax.set_title(part)
+        thawed = [e["epoch"] for e in first.get("epochs", []) if e.get("trunk_trainable")]
+        if thawed and thawed[0] in epochs:
+            ax.axvline(epochs.index(thawed[0]) + 0.5, color="k", ls=":", lw=1, label="trunk starts training")
+        if shown and np.concatenate(shown).size:
+            lo, hi = np.min(np.concatenate(shown)), np.max(np.concatenate(shown))
+            ax.set_ylim(lo - 0.08 * (hi - lo), hi + 0.08 * (hi - lo))  # a rare spike leaves the panel
+        ax.set_title(titles.get(part, part))
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
+    axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return fig

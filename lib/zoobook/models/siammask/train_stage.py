@@ -92,7 +92,8 @@ def run_training(profile: str, data_root: str | Path, *, processes: int = 1, pre
 def throughput_rows(logs: dict[int, dict]) -> list[dict]:
     """Per run: processes, batch, and training samples per second (all processes together;
     the first iterations of each epoch left out, as the port's figure leaves out 100), over
-    all epochs and apart for the epochs with the trunk frozen and training; the final loss."""
+    all epochs and apart for the epochs with the trunk frozen and training; the first and the
+    last epoch's mean loss."""
     rows = []
     for processes, log in logs.items():
         def mean_rate(epochs):
@@ -104,8 +105,16 @@ def throughput_rows(logs: dict[int, dict]) -> list[dict]:
                      "epochs": len(epochs), "samples_per_s": mean_rate(epochs),
                      "samples_per_s_trunk_frozen": mean_rate([e for e in epochs if not e["trunk_trainable"]]),
                      "samples_per_s_trunk_training": mean_rate([e for e in epochs if e["trunk_trainable"]]),
-                     "final_loss": epochs[-1]["loss"], "device": log["device"]})
+                     "first_loss": epochs[0]["loss"], "final_loss": epochs[-1]["loss"], "device": log["device"]})
     return rows
+
+
+def epoch_rows(logs: dict[int, dict], parts: tuple[str, ...] = ("loss", "cls", "loc", "mask", "iou_mean")) -> list[dict]:
+    """Per run and epoch: learning rate, whether the trunk trained, each loss part's mean over
+    the epoch's steps and samples per second."""
+    return [{"processes": processes, "epoch": e["epoch"] + 1, "lr": e["lr"], "trunk": e["trunk_trainable"],
+             **{part: e[part] for part in parts}, "samples_per_s": e["samples_per_s"]}
+            for processes, log in logs.items() for e in log["epochs"]]
 
 
 def hand_off(profile: str, processes: int, data: dict) -> dict:
