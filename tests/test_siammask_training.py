@@ -346,3 +346,114 @@ def test_a_training_checkpoint_loads_into_the_base_model(crop_root, tmp_path, ti
     train(crop_root, tmp_path, preset=replace(tiny_preset, epochs=1), progress=False)
     model, provenance = build(tmp_path / "checkpoint_e1.pth", refine=False)
     assert provenance["kind"] == "checkpoint" and provenance["path"].endswith("checkpoint_e1.pth")
+
+
+# ----------------------------------------------------------------------------- pretrained trunk, mixed precision
+
+
+def _resnet_model(path: Path, *, drop: str | None = None, reshape: str | None = None) -> dict:
+    """A stand-in for the authors' ImageNet ``resnet.model``: SiamMask's trunk keys with
+    values other than the recipe's, plus the layer4 and fc keys the file also carries."""
+    from zoobook.models.siammask.network import SiamMask
+
+    g = torch.Generator().manual_seed(3)
+    state = {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+             for k, v in SiamMask(refine=False).backbone.state_dict().items()}
+    state["layer4.0.conv1.weight"] = torch.zeros(512, 1024, 1, 1)
+    state["fc.weight"] = torch.zeros(1000, 2048)
+    if drop:
+        del state[drop]
+    if reshape:
+        state[reshape] = torch.zeros(1, 1, 1, 1)
+    torch.save(state, path)
+    return state
+
+
+def test_the_imagenet_trunk_file_loads_into_the_trunk_only(tmp_path):
+    from zoobook.models.siammask.network import SiamMask
+    from zoobook.models.siammask.train import load_pretrained_trunk
+
+    state = _resnet_model(tmp_path / "resnet.model")
+    model = SiamMask(refine=False)
+    heads = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    provenance = load_pretrained_trunk(model, tmp_path / "resnet.model")
+    assert provenance["kind"] == "pretrained trunk" and provenance["unused"] == ["fc", "layer4"]
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert all(torch.equal(v, heads[k]) for k, v in model.state_dict().items() if k in heads)
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(drop="layer3.5.bn3.running_var"), "missing keys: ['layer3.5.bn3.running_var']"),
+    (dict(reshape="layer2.0.downsample.0.weight"), "shape mismatches: ['layer2.0.downsample.0.weight']"),
+])
+def test_a_trunk_file_that_does_not_fit_is_an_error_naming_the_keys(tmp_path, change, named):
+    from zoobook.checkpoints import CheckpointError
+    from zoobook.models.siammask.network import SiamMask
+    from zoobook.models.siammask.train import load_pretrained_trunk
+
+    _resnet_model(tmp_path / "resnet.model", **change)
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained_trunk(SiamMask(refine=False), tmp_path / "resnet.model")
+    assert str(tmp_path / "resnet.model") in str(err.value) and named in str(err.value)
+
+
+def test_training_starts_from_data_weights_resnet_model_when_present(crop_root, tmp_path, monkeypatch):
+    from zoobook.models.siammask.train import main
+
+    (tmp_path / "data" / "weights").mkdir(parents=True)
+    _resnet_model(tmp_path / "data" / "weights" / "resnet.model")
+    monkeypatch.setenv("ZOOBOOK_DATA", str(tmp_path / "data"))
+    main(["--data", str(crop_root), "--out", str(tmp_path / "out"), "--epochs", "1", "--batch-size", "2",
+          "--pairs", "2"])
+    init = json.loads((tmp_path / "out" / "train_log.json").read_text())["init"]
+    assert init["kind"] == "pretrained trunk" and init["path"] == str(tmp_path / "data" / "weights" / "resnet.model")
+
+
+def _one_step(preset, scaler=None):
+    from tests.ddp_step import fixed_batch
+    from zoobook.models.siammask.checkpoint import build
+    from zoobook.models.siammask.train import make_optimizer, set_trainable, train_step
+
+    model, _ = build(None, refine=False)
+    set_trainable(model, trunk=False)
+    model.eval()
+    optimizer = make_optimizer(model, preset, 0.01)
+    parts = train_step(model, optimizer, fixed_batch(), preset, scaler)
+    return parts, model.state_dict()
+
+
+def test_a_scaled_loss_is_unscaled_before_clipping():
+    """The port's loss scale (128) must not change the step: gradients are unscaled before
+    they are clipped to norm 10. The batch's gradient norm is above 10 / 128, so clipping the
+    scaled gradients would have shrunk this step."""
+    from tests.ddp_step import fixed_batch
+    from zoobook.models.siammask.checkpoint import build
+    from zoobook.models.siammask.train import CLIP_NORM, PRESETS, set_trainable
+    from zoobook.models.siammask.training import total_loss
+
+    model, _ = build(None, refine=False)
+    set_trainable(model, trunk=False)
+    model.eval()
+    batch = fixed_batch()
+    total_loss(model(batch["template"], batch["search"])[:3], batch, PRESETS["reference"].weights)[0].backward()
+    norm = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm()
+    assert norm > CLIP_NORM / 128
+
+    plain_parts, plain = _one_step(PRESETS["reference"])
+    scaled_parts, scaled = _one_step(PRESETS["reference"], torch.amp.GradScaler("cpu", init_scale=128.0))
+    assert scaled_parts["loss"] == plain_parts["loss"]
+    for key in plain:
+        assert torch.allclose(plain[key], scaled[key], rtol=0, atol=1e-7), key
+
+
+def test_mixed_precision_runs_the_forward_in_bfloat16_on_a_cpu():
+    from dataclasses import replace
+
+    from zoobook.models.siammask.train import PRESETS
+
+    full_parts, _ = _one_step(PRESETS["reference"])
+    amp_parts, amp = _one_step(replace(PRESETS["reference"], amp=True))
+    assert math.isfinite(amp_parts["loss"]) and all(torch.isfinite(v).all() for v in amp.values())
+    assert amp_parts["loss"] != full_parts["loss"]  # the forward did run in lower precision
+    assert amp_parts["loss"] == pytest.approx(full_parts["loss"], rel=0.05)
