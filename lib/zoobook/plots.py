@@ -260,8 +260,9 @@ def training_curves(runs: dict[str, dict], parts: tuple[str, ...] = ("loss", "cl
         thawed = [e["epoch"] for e in first.get("epochs", []) if e.get("trunk_trainable")]
         if thawed and thawed[0] in epochs:
             ax.axvline(epochs.index(thawed[0]) + 0.5, color="k", ls=":", lw=1, label="trunk starts training")
-        if shown and np.concatenate(shown).size:
-            lo, hi = np.min(np.concatenate(shown)), np.max(np.concatenate(shown))
+        spread = np.concatenate(shown) if shown else np.array([])
+        if spread.size and spread.max() > spread.min():
+            lo, hi = spread.min(), spread.max()
             ax.set_ylim(lo - 0.08 * (hi - lo), hi + 0.08 * (hi - lo))  # a rare spike leaves the panel
         ax.set_title(titles.get(part, part))
         ax.set_xlabel("step")
