@@ -132,8 +132,8 @@ class Crop511Subset:
     def pick_pair(self, video_index: int, rng: np.random.RandomState) -> tuple[Track, str, str]:
         """A random track of the video, a template frame and a search frame at most
         ``frame_range`` positions away in its sorted annotated frames."""
-        track = self.tracks[self.videos[self.video_names[video_index]][rng.randint(len(self.videos[
-            self.video_names[video_index]]))]]
+        tracks = self.videos[self.video_names[video_index]]
+        track = self.tracks[tracks[rng.randint(len(tracks))]]
         t = rng.randint(len(track.frames))
         low, high = max(t - self.config.frame_range, 0), min(t + self.config.frame_range, len(track.frames) - 1) + 1
         return track, track.frames[t], track.frames[rng.randint(low, high)]

@@ -37,36 +37,31 @@ _PREFIXES = (
 _INNER = ((".conv_kernel.", ".kernel."), (".conv_search.", ".search."))
 
 
+def _rename(state: dict[str, torch.Tensor], prefixes, inner) -> dict[str, torch.Tensor]:
+    """Each key with its first matching (old, new) prefix replaced and each inner (old, new)
+    part replaced once; other keys pass through."""
+    mapped = {}
+    for key, value in state.items():
+        for old, replacement in prefixes:
+            if key.startswith(old):
+                key = replacement + key[len(old):]
+                break
+        for old, replacement in inner:
+            key = key.replace(old, replacement, 1)
+        mapped[key] = value
+    return mapped
+
+
 def official_to_zoobook(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename reference keys to this package's names. Pure; unknown keys pass through so that
     the strict load reports them."""
-    mapped = {}
-    for key, value in state.items():
-        new = key
-        for old, replacement in _PREFIXES:
-            if new.startswith(old):
-                new = replacement + new[len(old):]
-                break
-        for old, replacement in _INNER:
-            new = new.replace(old, replacement, 1)
-        mapped[new] = value
-    return mapped
+    return _rename(state, _PREFIXES, _INNER)
 
 
 def zoobook_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of :func:`official_to_zoobook`: this package's names back to the
     reference's (training checkpoints are saved in the reference's layout)."""
-    mapped = {}
-    for key, value in state.items():
-        new = key
-        for old, replacement in _PREFIXES:
-            if new.startswith(replacement):
-                new = old + new[len(replacement):]
-                break
-        for old, replacement in _INNER:
-            new = new.replace(replacement, old, 1)
-        mapped[new] = value
-    return mapped
+    return _rename(state, [(new, old) for old, new in _PREFIXES], [(new, old) for old, new in _INNER])
 
 
 _PACKAGE = "zoobook.models.siammask"

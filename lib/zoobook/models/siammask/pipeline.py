@@ -325,16 +325,25 @@ def trained_checkpoint(profile: str) -> dict | None:
     return train_stage.handed_over(profile)
 
 
-def load_trained(profile: str) -> tuple[torch.nn.Module, dict]:
-    """The base model with the checkpoint 00-train handed over, and where it came from."""
-    handed = trained_checkpoint(profile)
+def trained_weights(profile: str, handed: dict | None = None) -> dict:
+    """Where the base model's weights came from: the checkpoint 00-train handed over."""
+    from zoobook.checkpoints import file_sha256
+
+    handed = handed or trained_checkpoint(profile)
     if handed is None:
         raise FileNotFoundError(f"{train_stage.handoff_path(profile)}: no trained checkpoint; run stage 00-train first")
-    model, weights = build(handed["checkpoint"], refine=False)
-    return model, {**weights, "from": "00-train", "processes": handed["processes"], "epochs": handed["epochs"],
-                   "preset": handed["preset"],
-                   "note": f"{Path(handed['checkpoint']).name}: base model trained by 00-train ({handed['epochs']} "
-                           f"epochs, {handed['processes']} process(es), preset {handed['preset']})"}
+    path = Path(handed["checkpoint"])
+    return {"kind": "checkpoint", "path": str(path), "sha256": file_sha256(path), "from": "00-train",
+            "processes": handed["processes"], "epochs": handed["epochs"], "preset": handed["preset"],
+            "note": f"{path.name}: base model trained by 00-train ({handed['epochs']} epochs, "
+                    f"{handed['processes']} process(es), preset {handed['preset']})"}
+
+
+def load_trained(profile: str) -> tuple[torch.nn.Module, dict]:
+    """The base model with the checkpoint 00-train handed over, and where it came from."""
+    weights = trained_weights(profile)
+    model, loaded = build(weights["path"], refine=False)
+    return model, {**loaded, **weights}
 
 
 def track_trained(profile: str, *, resume: bool = True) -> dict:
@@ -418,12 +427,12 @@ def evaluate(profile: str, backend: str, *, reference: bool = True, mode: str = 
         write_json_atomic(_artifacts(profile) / "scores" / f"{name}.json", score)
     weights = FILES.read(profile, "export.json", "02-export")["weights"]
     out = {"scores": scores, "dataset": manifest["dataset"], "weights": weights}
-    if trained and trained_checkpoint(profile) is not None:
-        _, trained_weights = load_trained(profile)
-        folder = trained_results_folder(profile, trained_weights)
+    if trained and (handed := trained_checkpoint(profile)) is not None:
+        base = trained_weights(profile, handed)
+        folder = trained_results_folder(profile, base)
         if folder.is_dir():
             out["scores"][TRAINED] = vot.evaluate_folder(index, folder)
-            out["trained_weights"] = trained_weights
+            out["trained_weights"] = base
     if len(names) == 2:
         out["agreement"] = agreement(index, *(results_folder(profile, n) for n in names))
         out["lockstep"] = lockstep(profile, backend, mode=mode, backend_options=backend_options)

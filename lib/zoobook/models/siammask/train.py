@@ -182,11 +182,18 @@ def init_distributed(device: torch.device) -> Distributed:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: this process's GPU, else its Ascend NPU (when ``torch_npu`` is installed),
+    else the CPU; the device index is torchrun's LOCAL_RANK."""
     if name != "auto":
         return torch.device(name)
+    local = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+        return torch.device("cuda", local)
+    try:
+        import torch_npu  # noqa: F401  (registers torch.npu)
+    except ImportError:
+        return torch.device("cpu")
+    return torch.device("npu", local) if torch.npu.is_available() else torch.device("cpu")
 
 
 def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
