@@ -1,6 +1,8 @@
 # make test   fresh machine: venv, install, kernel, test suite
 # make book   fresh machine: venv, install, kernel, run every model's stages, build the book
 # make lab    JupyterLab on the notebooks, with the project's kernel
+# make lock   re-resolve requirements.lock (and requirements-lab.lock) to the newest versions
+#             pyproject.toml allows; a reviewed change: run `make test` on it before committing
 
 VENV    ?= .venv
 PYTHON  ?= python3
@@ -9,12 +11,18 @@ BACKEND ?= auto
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 STAMP   := $(VENV)/.zoobook-installed
+LOCKENV := .lock-venv
+COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCKENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+           --no-emit-index-url --no-emit-find-links --upgrade -c constraints.txt
 
-.PHONY: install test book lab clean
+.PHONY: install test book lab lock clean
 
-$(STAMP): pyproject.toml constraints.txt
+# Every package at the version and hash in requirements.lock, then the library itself
+# (editable, no dependencies: the lock already holds them all).
+$(STAMP): requirements.lock pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[test]'
+	$(PIP) --require-hashes -r requirements.lock
+	$(PIP) --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name zoobook --display-name "Zoo Book (.venv)" >/dev/null
 	touch $@
 
@@ -28,8 +36,14 @@ book: install
 	@echo "open _build/html/index.html"
 
 lab: install
-	$(PIP) -e '.[lab]'
+	$(PIP) --require-hashes -r requirements-lab.lock
 	$(VENV)/bin/jupyter lab notebooks
+
+lock:
+	test -x $(LOCKENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCKENV) && \
+	    $(LOCKENV)/bin/pip install --disable-pip-version-check -q pip-tools==7.6.2; }
+	$(COMPILE) --extra test -o requirements.lock pyproject.toml
+	$(COMPILE) -c requirements.lock --extra test --extra lab -o requirements-lab.lock pyproject.toml
 
 clean:
 	rm -rf _build runs book/summary.md book/*/[0-9][0-9]-*.ipynb

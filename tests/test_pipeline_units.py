@@ -74,17 +74,49 @@ def test_stage_record_fields():
     assert record["status"] == "ok" and record["metrics"]["m"] == 0.5 and record["versions"]["torch"].startswith("2.13.0")
 
 
-def _requirement_names(requirements):
-    return {re.split(r"[<>=!~ \[]", r, maxsplit=1)[0].lower(): r.replace(" ", "") for r in requirements}
+def _locked(path: Path) -> dict[str, tuple[str, int]]:
+    """A pip-compile lock -> {canonical name: (version, number of hashes)}."""
+    from packaging.utils import canonicalize_name
+
+    locked, name = {}, None
+    for line in path.read_text().splitlines():
+        pinned = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line)
+        if pinned:
+            name = canonicalize_name(pinned[1])
+            locked[name] = (pinned[2], 0)
+        elif line.strip().startswith("--hash=sha256:") and name:
+            locked[name] = (locked[name][0], locked[name][1] + 1)
+    return locked
 
 
-def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+@pytest.mark.parametrize("lock,extras", [("requirements.lock", ["test"]), ("requirements-lab.lock", ["test", "lab"])])
+def test_lock_pins_every_declared_dependency_with_hashes(lock, extras):
+    """Each lock holds every dependency pyproject.toml declares, at a version its range allows,
+    and every locked package has at least one sha256 (pip's hash-checking mode needs all)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = project["dependencies"] + project["optional-dependencies"]["test"]
+    declared = project["dependencies"] + [r for extra in extras for r in project["optional-dependencies"][extra]]
+    locked = _locked(ROOT / lock)
+    for requirement in map(Requirement, declared):
+        version, _ = locked[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(version, prereleases=True), f"{lock}: {requirement} but {version}"
+    assert not [name for name, (_, hashes) in locked.items() if hashes == 0]
+    assert locked["torch"][0] == "2.13.0+cpu"
+
+
+def test_lab_lock_agrees_with_the_main_lock():
+    main, lab = _locked(ROOT / "requirements.lock"), _locked(ROOT / "requirements-lab.lock")
+    assert {name: main[name][0] for name in main} == {name: lab[name][0] for name in main}
+
+
+def test_environment_yml_and_makefile_install_the_lock():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    listed = [p for p in pip if not p.startswith("-")]
-    assert _requirement_names(listed) == _requirement_names(declared)
+    assert pip == ["--require-hashes", "-r requirements.lock"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--require-hashes -r requirements.lock" in makefile and "--no-deps" in makefile
 
 
 def test_constraints_pin_cpu_torch():

@@ -12,9 +12,17 @@ from zoobook.models.yolact_edge import postprocess as post
 from zoobook.ops.boxes import decode_ssd
 
 from .conftest import GOLDEN
+from .tolerances import assert_close_to_scale
 
 # Tolerance for the six port outputs, from the golden README: |a - b| <= 2e-3 + 1e-4 |b|
 ATOL, RTOL = 2e-3, 1e-4
+# Downstream of the network (channel means, head outputs, sigmoid masks), float32 noise from
+# another CPU or thread count is a fraction of each tensor's peak: the README saw up to 7.4e-5
+# of the peak between two correct backends, a wrong detail moves outputs by 1e-2 or more.
+MEAN_REL, HEAD_REL = 1e-4, 5e-4
+# Scores are softmax probabilities (slope at most 1/4) of logits that moved by up to 2.9e-4 on
+# another CPU: 1e-4 holds them; the README's order-swapping near-tie is 2.2e-6.
+SCORE_ATOL = 1e-4
 
 
 def test_preprocessing_matches_reference(golden_outputs, golden):
@@ -31,7 +39,8 @@ def test_port_outputs_match_golden(golden_outputs, golden, k):
     assert sub.shape == ref.shape
     assert np.all(np.abs(sub - ref) <= ATOL + RTOL * np.abs(ref)), f"output{k}: max diff {np.abs(sub - ref).max()}"
     means = out.astype(np.float64).mean(axis=(0, 1, 2) if k == 5 else (0, 2, 3))
-    np.testing.assert_allclose(means, golden[f"output{k}_channel_mean"], atol=1e-4, rtol=1e-4)
+    assert_close_to_scale(means, golden[f"output{k}_channel_mean"], MEAN_REL, f"output{k} channel means",
+                          scale=float(np.abs(ref).max()))
 
 
 def test_port_output_shapes(golden_outputs):
@@ -56,9 +65,20 @@ def heads(recipe_model, golden_outputs):
 def test_head_outputs(heads, golden):
     loc, conf, coef = (h[0].numpy() for h in heads)
     step = int(golden["prior_step"])
-    np.testing.assert_allclose(loc, golden["loc"], atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(conf[::step], golden["conf_logits_sub"], atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(coef[::step], golden["mask_coeffs_sub"], atol=1e-4, rtol=1e-4)
+    assert_close_to_scale(loc, golden["loc"], HEAD_REL, "loc")
+    assert_close_to_scale(conf[::step], golden["conf_logits_sub"], HEAD_REL, "class logits")
+    assert_close_to_scale(coef[::step], golden["mask_coeffs_sub"], HEAD_REL, "mask coefficients")
+
+
+def _match_to_reference(det, golden) -> np.ndarray:
+    """For each of our detections, the index of the reference's with the same class and the
+    nearest box: near-tied scores may order the two lists differently."""
+    boxes, ref_boxes = det.boxes.numpy(), golden["det_boxes_rel"]
+    distance = np.abs(boxes[:, None] - ref_boxes[None]).max(-1)
+    distance[det.classes.numpy()[:, None] != golden["det_classes"][None]] = np.inf
+    match = distance.argmin(1)
+    assert len(set(match.tolist())) == len(match) and np.isfinite(distance.min(1)).all()
+    return match
 
 
 def test_fast_nms_detections_match(heads, golden_outputs, golden):
@@ -69,13 +89,25 @@ def test_fast_nms_detections_match(heads, golden_outputs, golden):
     ours = sorted(zip(det.classes.tolist(), det.scores.tolist()))
     ref = sorted(zip(golden["det_classes"].tolist(), golden["det_scores"].tolist()))
     assert [c for c, _ in ours] == [c for c, _ in ref]
-    np.testing.assert_allclose([s for _, s in ours], [s for _, s in ref], atol=5e-5)
-    order = np.lexsort((det.scores.numpy(), det.classes.numpy()))
-    ref_order = np.lexsort((golden["det_scores"], golden["det_classes"]))
-    np.testing.assert_allclose(det.boxes.numpy()[order], golden["det_boxes_rel"][ref_order], atol=1e-5)
+    np.testing.assert_allclose([s for _, s in ours], [s for _, s in ref], atol=SCORE_ATOL)
+    match = _match_to_reference(det, golden)
+    np.testing.assert_allclose(det.boxes.numpy(), golden["det_boxes_rel"][match], atol=1e-5)
     cropped = post.crop_masks(torch.sigmoid(det.prototypes @ det.coefs.t()), det.boxes).permute(2, 0, 1).numpy()
-    np.testing.assert_allclose(cropped[:10], golden["masks138_cropped_first10"], atol=1e-5)
-    np.testing.assert_allclose(cropped.sum(axis=(1, 2)), golden["masks138_cropped_sums"], rtol=1e-4)
+    first = [int(np.flatnonzero(match == k)[0]) for k in range(10)]
+    assert_close_to_scale(cropped[first], golden["masks138_cropped_first10"], HEAD_REL, "cropped masks", scale=1.0)
+    # a sum over a box averages the pixels' noise: 1e-3 of each sum
+    np.testing.assert_allclose(cropped.sum(axis=(1, 2)), golden["masks138_cropped_sums"][match], rtol=1e-3)
+
+
+def _same_detections(result, golden) -> np.ndarray:
+    """The reference index of each final detection, matched by class and box; only near-tied
+    scores (within SCORE_ATOL) may come in another order."""
+    ref = {(int(c), tuple(b)): j for j, (c, b) in enumerate(zip(golden["pp_classes"], golden["pp_boxes_xyxy"].tolist()))}
+    perm = np.array([ref[(int(c), tuple(b))] for c, b in zip(result.classes, np.asarray(result.boxes).tolist())])
+    assert sorted(perm.tolist()) == list(range(len(golden["pp_classes"])))
+    moved = np.flatnonzero(perm != np.arange(len(perm)))
+    assert np.all(np.abs(golden["pp_scores"][moved] - golden["pp_scores"][perm[moved]]) <= SCORE_ATOL)
+    return perm
 
 
 def test_final_results_and_coco_json(recipe_model, golden_outputs, golden):
@@ -83,13 +115,21 @@ def test_final_results_and_coco_json(recipe_model, golden_outputs, golden):
 
     h, w = golden["image_hw"]
     result = post.postprocess(recipe_model.head, golden_outputs[1], [(int(h), int(w))])[0]
-    np.testing.assert_array_equal(result.classes, golden["pp_classes"])
-    np.testing.assert_allclose(result.scores, golden["pp_scores"], atol=5e-5)
-    np.testing.assert_array_equal(result.boxes, golden["pp_boxes_xyxy"])
-    masks = np.unpackbits(golden["pp_masks_packed"], axis=-1, count=int(w)).astype(bool)
+    perm = _same_detections(result, golden)
+    np.testing.assert_allclose(result.scores, golden["pp_scores"][perm], atol=SCORE_ATOL)
+    masks = np.unpackbits(golden["pp_masks_packed"], axis=-1, count=int(w)).astype(bool)[perm]
     differing = (result.masks != masks).sum()
     assert differing <= 10, f"{differing} mask pixels differ (reference saw 2 of 27.3 M between backends)"
     boxes, segms = to_coco_results(0, result)
     reference = json.loads((GOLDEN / "coco_results_example.json").read_text())
-    assert [(r["category_id"], r["bbox"]) for r in boxes] == [(r["category_id"], r["bbox"]) for r in reference["bbox"]]
-    assert [r["segmentation"]["counts"] for r in segms] == [r["segmentation"]["counts"] for r in reference["segm"]]
+    assert [(r["category_id"], r["bbox"]) for r in boxes] == [(reference["bbox"][j]["category_id"],
+                                                              reference["bbox"][j]["bbox"]) for j in perm]
+    # the RLEs decode to our masks, and to the reference's up to the few pixels allowed above
+    from pycocotools import mask as rle
+
+    def decoded(entries):
+        return np.stack([rle.decode({**e["segmentation"], "counts": e["segmentation"]["counts"].encode()})
+                         for e in entries]).astype(bool)
+
+    np.testing.assert_array_equal(decoded(segms), result.masks)
+    assert (decoded(segms) != decoded([reference["segm"][j] for j in perm])).sum() <= 10
