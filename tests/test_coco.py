@@ -56,6 +56,23 @@ def _perfect_results(coco, shift: float = 0.0):
     return results
 
 
+def test_float_boxes_are_written_in_their_own_precision():
+    """maskrcnn-benchmark writes w = x2 - x1 + 1 in float32 (BoxList.convert), the RetinaMask
+    port w = x2 - x1 in the boxes' dtype (float32; float64 when it padded its detections).
+    float32(100.3) - float32(0.1) is 100.200005 in float32 but 100.20000305 in float64."""
+    from zoobook.metrics.coco import to_coco_results
+
+    box = np.array([[0.1, 0.2, 100.3, 50.7]], np.float32)
+    one = InstanceResult(box, np.array([0]), np.array([0.5], np.float32), np.zeros((1, 4, 4), bool))
+    for plus_one in (False, True):
+        (record,), _ = to_coco_results(1, one, plus_one=plus_one)
+        assert record["bbox"][2] == float(box[0, 2] - box[0, 0] + np.float32(plus_one)) != 100.2000030502677 + plus_one
+        assert record["bbox"][:2] == [float(box[0, 0]), float(box[0, 1])]
+    wide = InstanceResult(box.astype(np.float64), one.classes, one.scores, one.masks)
+    (record,), _ = to_coco_results(1, wide, plus_one=False)
+    assert record["bbox"][2] == float(box[0, 2]) - float(box[0, 0])
+
+
 def test_perfect_predictions_score_one(coco):
     evaluator = CocoEvaluator(coco.annotation_file)
     evaluator.process([coco[i] for i in range(len(coco))], _perfect_results(coco))

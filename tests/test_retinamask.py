@@ -227,6 +227,139 @@ def test_port_postprocess_on_a_hand_made_case():
 
 
 # ---------------------------------------------------------------------------------------
+# The port's mask paste (tools/utils.py paste_mask_in_image @507c3754), boxes and input
+
+
+def _checkerboard_resize(calls):
+    """A stand-in for cv2.resize that records (src shape, dsize) and returns a [h, w]
+    checkerboard, 1.0 where row + col is odd: the pasted pixels then show the resize size,
+    the window and the offset into the resized map."""
+    def resize(src, dsize, interpolation=None):
+        calls.append((src.shape, src.dtype, dsize))
+        w, h = dsize
+        return (np.add.outer(np.arange(h), np.arange(w)) % 2).astype(np.float32)
+    return resize
+
+
+# Image 40 x 60 (H x W). Each box is float32 xyxy. The port widens it by s = 30/28 about its
+# centre: x1' = cx - (x2 - x1)/2 * s, x2' = cx + (x2 - x1)/2 * s (likewise y); the resize
+# size is (round(x2' - x1' + 1), round(y2' - y1' + 1)) from the unrounded x1'..y2'; the
+# window is [round(y1'), min(round(y2'), 40)) x [round(x1'), min(round(x2'), 60)), clipped
+# at 0, and pixel (Y, X) takes the resized map at (Y - round(y1'), X - round(x1')).
+# Python round is half to even. "old" is today's rounding of the corners first,
+# size = round(x2') - round(x1') + 1.
+PASTE_CASES = {
+    # x: cx 20.5, half 10.1 * s = 10.8214 -> x1' 9.6786, x2' 31.3214, w = round(22.6429) = 23 (old 31 - 10 + 1 = 22)
+    # y: cy 12.75, half 7.45 * s = 7.9821 -> y1' 4.7679, y2' 20.7321, h = round(16.9643) = 17
+    "interior": ([10.4, 5.3, 30.6, 20.2], (23, 17), (10, 5, 31, 21)),
+    # sub-pixel: x1' 20.1893, x2' 20.5107, w = round(1.3214) = 1 (old 21 - 20 + 1 = 2); y the same, 0.3 px
+    "sub_pixel": ([20.2, 10.2, 20.5, 10.5], (1, 1), (20, 10, 21, 11)),
+    # across the top-left border: x1' = 15.15 - 16.2321 = -1.0821 -> -1, x2' 31.3821 -> 31, w = round(33.4643) = 33;
+    # y1' = 10.45 - 11.1964 = -0.7464 -> -1, y2' 21.6464 -> 22, h = round(23.3929) = 23 (old 22 + 1 + 1 = 24)
+    "top_left": ([0.0, 0.0, 30.3, 20.9], (33, 23), (-1, -1, 31, 22)),
+    # clipped to W, H as the port clips boxes: x1' 44.6714, x2' 60.5286 -> 61, window ends at min(61, 60);
+    # w = round(16.8571) = 17; y1' 30.2643, y2' 40.3357 -> 40, h = round(11.0714) = 11
+    "bottom_right": ([45.2, 30.6, 60.0, 40.0], (17, 11), (45, 30, 61, 40)),
+    # the whole image: x1' -2.1429, x2' 62.1429, w = round(65.2857) = 65;
+    # y1' -1.4286, y2' 41.4286, h = round(43.8571) = 44 (old 41 + 1 + 1 = 43)
+    "whole_image": ([0.0, 0.0, 60.0, 40.0], (65, 44), (-2, -1, 62, 41)),
+    # ties in float32: x1' is exactly 0.5 -> 0 and x2' exactly 3.5 -> 4 (half to even; float64 gives 0.50000002 -> 1);
+    # y1' -0.05 -> 0, y2' 1.45 -> 1, and y2' - y1' + 1 is exactly 2.5 in float32 -> h = 2 (float64: 2.5000001 -> 3)
+    "float32_ties": ([0.6, 0.0, 3.4, 1.4000001], (4, 2), (0, 0, 4, 1)),
+}
+
+
+@pytest.mark.parametrize("name", list(PASTE_CASES))
+def test_paste_port_sizes_from_the_unrounded_box(monkeypatch, name):
+    import cv2
+
+    box, size, (x1, y1, x2, y2) = PASTE_CASES[name]
+    calls = []
+    monkeypatch.setattr(cv2, "resize", _checkerboard_resize(calls))
+    pasted = pp.paste_port(np.full((1, 28, 28), 0.9, np.float32), np.array(box, np.float32), (40, 60))
+    assert calls == [((30, 30), np.float32, size)]
+    yy, xx = np.mgrid[:40, :60]
+    window = (yy >= max(y1, 0)) & (yy < min(y2, 40)) & (xx >= max(x1, 0)) & (xx < min(x2, 60))
+    np.testing.assert_array_equal(pasted, window & ((yy - y1 + xx - x1) % 2 == 1))
+
+
+def _widened(boxes):
+    """The port's 30/28 widening of float32 boxes [N, 4], in float32."""
+    half = (boxes[:, 2:] - boxes[:, :2]) * np.float32(0.5) * np.float32(30 / 28)
+    centre = (boxes[:, 2:] + boxes[:, :2]) * np.float32(0.5)
+    return np.concatenate([centre - half, centre + half], axis=1)
+
+
+def test_paste_port_on_the_golden_detections(monkeypatch, golden):
+    """The golden's 50 final boxes have fractional corners: every resize size must be
+    rint(x2' - x1' + 1) of the unrounded float32 widened box (np.rint: half to even, as
+    Python round), the mask must be cv2's bilinear resize of the padded map to that size,
+    thresholded, at the rint corners; and rounding the corners first changes many sizes."""
+    import cv2
+
+    boxes, probs = golden["final_boxes_xyxy"], golden["final_mask_prob"]
+    height, width = (int(v) for v in golden["image_size_hw"])
+    wide = _widened(boxes)
+    sizes = np.rint(np.maximum(wide[:, 2:] - wide[:, :2] + 1, 1)).astype(int)
+    corners = np.rint(wide).astype(int)
+    assert (sizes != corners[:, 2:] - corners[:, :2] + 1).any(axis=1).sum() >= 20  # of 50
+    pasted = np.stack([pp.paste_port(p, b, (height, width)) for p, b in zip(probs, boxes)])
+    for mask, prob, (w, h), (x1, y1, x2, y2) in zip(pasted, probs, sizes, corners):
+        resized = cv2.resize(np.pad(prob[0], 1), (int(w), int(h)), interpolation=cv2.INTER_LINEAR) > 0.5
+        expected = np.zeros((height, width), bool)
+        x0, y0, x_end, y_end = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+        expected[y0:y_end, x0:x_end] = resized[y0 - y1:y_end - y1, x0 - x1:x_end - x1]
+        np.testing.assert_array_equal(mask, expected)
+    calls = []
+    monkeypatch.setattr(cv2, "resize", _checkerboard_resize(calls))
+    for prob, box in zip(probs, boxes):
+        pp.paste_port(prob, box, (height, width))
+    assert [c[2] for c in calls] == [tuple(int(v) for v in s) for s in sizes]
+
+
+def test_port_boxes_turn_float64_when_nms_keeps_fewer_than_100():
+    """The port pads to 100 with float64 zeros when NMS keeps fewer, so the kept boxes are
+    divided by the ratio (and widened for the paste, and made xywh) in float64; with 100 or
+    more kept they stay float32."""
+    boxes = np.array([[100.3, 100.1, 300.7, 300.9], [600.2, 600.6, 700.4, 700.8]], np.float32)
+    args = dict(labels=np.array([3, 3], np.int32), scores=np.array([0.9, 0.6], np.float32),
+                masks=np.ones((2, 1, 28, 28), np.float32), ratio=1344 / 640, image_hw=(480, 640))
+    few = pp.port_postprocess(boxes, **args)
+    assert few["boxes"].dtype == np.float64
+    np.testing.assert_array_equal(few["boxes"], boxes.astype(np.float64) / (1344 / 640))
+    full = pp.port_postprocess(boxes, **args, keep=2)
+    assert full["boxes"].dtype == np.float32
+    np.testing.assert_array_equal(full["boxes"], boxes / np.float32(1344 / 640))
+    assert (few["boxes"] != full["boxes"]).any()  # 1-ulp differences, as in the port
+    xywh = pp.coco_xywh(few["boxes"], plus_one=False)
+    assert xywh.dtype == np.float64 and xywh[0, 2] == few["boxes"][0, 2] - few["boxes"][0, 0]
+
+
+def test_port_tensor_subtracts_the_mean_in_float64():
+    """The port: float32 image minus the mean given as a Python list; NumPy computes that in
+    float64 and stores float32. E.g. blue 40: float32(40 - 102.9801) = -62.9801, where the
+    float32 subtraction 40 - float32(102.9801) gives -62.980103 (1 ulp off)."""
+    from zoobook.models.retinamask.preprocess import port_tensor
+
+    rgb = np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2)
+    out = port_tensor(rgb, size=32)
+    mean_bgr = np.array([102.9801, 115.9465, 122.7717])
+    expected = (np.arange(256, dtype=np.float64).reshape(1, 16, 16) - mean_bgr[:, None, None]).astype(np.float32)
+    np.testing.assert_array_equal(out[0, :, :16, :16], expected)
+    assert out[0, 0, 2, 8] == np.float32(-62.9801) != np.float32(40) - np.float32(102.9801)
+    assert out.dtype == np.float32 and not out[0, :, 16:].any() and not out[0, :, :, 16:].any()
+
+
+def test_original_normalize_is_bit_exact_with_the_golden_input(golden):
+    """maskrcnn-benchmark: ToTensor (/255, float32), BGR x255, F.normalize with a float32
+    mean, zero pad to a multiple of 32: the golden input_tensor came from that on the
+    unresized image."""
+    from zoobook.models.retinamask.preprocess import original_normalize
+
+    np.testing.assert_array_equal(original_normalize(golden["image_rgb_uint8"]), golden["input_tensor"])
+
+
+# ---------------------------------------------------------------------------------------
 # The port's graph
 
 

@@ -28,7 +28,8 @@ def to_coco_results(image_id: int, result, category_ids: list[int] = COCO_CATEGO
 
     ``plus_one`` None: integer boxes, empty ones dropped, w = x2 - x1 (YolactEdge's writer);
     True / False: float boxes kept as they are, w = x2 - x1 + 1 (maskrcnn-benchmark) or
-    x2 - x1 (the RetinaMask port)."""
+    x2 - x1 (the RetinaMask port), computed in the boxes' precision as the references do:
+    float32 (float64 boxes stay float64)."""
     from pycocotools import mask as mask_utils
 
     boxes, segms = [], []
@@ -39,8 +40,8 @@ def to_coco_results(image_id: int, result, category_ids: list[int] = COCO_CATEGO
                 continue
             bbox = [round(float(v) * 10) / 10 for v in (x1, y1, x2 - x1, y2 - y1)]
         else:
-            x1, y1, x2, y2 = (float(v) for v in result.boxes[i])
-            bbox = [x1, y1, x2 - x1 + plus_one, y2 - y1 + plus_one]
+            x1, y1, x2, y2 = _box_in_its_precision(result.boxes[i])
+            bbox = [float(v) for v in (x1, y1, x2 - x1 + int(plus_one), y2 - y1 + int(plus_one))]
         common = {"image_id": int(image_id), "category_id": int(category_ids[int(result.classes[i])]),
                   "score": float(result.scores[i])}
         boxes.append({**common, "bbox": bbox})
@@ -48,6 +49,12 @@ def to_coco_results(image_id: int, result, category_ids: list[int] = COCO_CATEGO
         rle["counts"] = rle["counts"].decode("ascii")
         segms.append({**common, "segmentation": rle})
     return boxes, segms
+
+
+def _box_in_its_precision(box) -> np.ndarray:
+    """xyxy [4] as float64 when it is float64, else float32."""
+    box = np.asarray(box)
+    return box if box.dtype == np.float64 else box.astype(np.float32)
 
 
 def results_as_ground_truth(images: list[dict], bbox_results: list[dict], segm_results: list[dict]) -> dict:

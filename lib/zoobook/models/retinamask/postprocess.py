@@ -11,7 +11,7 @@ NMS                       per class, IoU >= 0.4 suppresses   class offsets, IoU 
 kept                      top 100, then top 50 (with masks)  first 100 by score
 back to the original      separate x and y ratios            one ratio (1344 / long side), clip W, H
 COCO box                  w = x2 - x1 + 1                    w = x2 - x1
-mask paste                PIL bilinear, box truncated         cv2 bilinear, box rounded
+mask paste                PIL bilinear, box truncated        cv2 bilinear, size from unrounded box
 ========================  =================================  =====================================
 
 Both NMS variants use areas with the legacy +1.
@@ -113,9 +113,18 @@ def original_detections(logits: list[torch.Tensor], deltas: list[torch.Tensor], 
 
 
 def _expand(box: np.ndarray, scale: float) -> np.ndarray:
+    """Widen xyxy ``box`` [4] by ``scale`` about its centre, in the box's dtype (a float32
+    box stays float32: NumPy casts the Python-float scale to float32, as the references do)."""
     half = (box[2:] - box[:2]) * 0.5 * scale
     centre = (box[2:] + box[:2]) * 0.5
     return np.concatenate([centre - half, centre + half])
+
+
+def _port_float(values: np.ndarray) -> np.ndarray:
+    """float64 stays float64, anything else becomes float32: the two dtypes the port's boxes
+    take on the host (see :func:`port_postprocess`)."""
+    values = np.asarray(values)
+    return values if values.dtype == np.float64 else values.astype(np.float32)
 
 
 def paste_original(mask: np.ndarray, box: np.ndarray, image_hw: tuple[int, int], *, threshold: float = 0.5,
@@ -135,16 +144,25 @@ def paste_original(mask: np.ndarray, box: np.ndarray, image_hw: tuple[int, int],
 
 def paste_port(mask: np.ndarray, box: np.ndarray, image_hw: tuple[int, int], *, threshold: float = 0.5,
                padding: int = 1) -> np.ndarray:
-    """The port's cv2 version: the same widening, Python round() of the box, cv2 bilinear
-    resize, > 0.5, and a paste window that ends at min(x2, W) (not x2 + 1)."""
+    """The port's cv2 Masker (``paste_mask_in_image``, tools/utils.py @507c3754) for one mask.
+
+    ``mask`` [28, 28] (or [1, 28, 28]) probabilities; ``box`` xyxy [4] in image pixels,
+    computed in float32, or in float64 when it comes as float64 (see :func:`port_postprocess`).
+    The map is zero-padded by ``padding`` (float32) and the box widened by 30/28 about its
+    centre, both in the box's dtype. The resize size comes from the widened box *before* any
+    rounding, w = round(max(x2' - x1' + 1, 1)) and likewise h (Python round, half to even);
+    cv2 bilinear resize, then > ``threshold``. The rounded corners only place it: the window
+    is [round(y1'), min(round(y2'), H)) x [round(x1'), min(round(x2'), W)), clipped at 0; its
+    end is round(x2'), not + 1. ``image_hw`` (H, W) -> bool [H, W]."""
     import cv2
 
     side = mask.shape[-1]
-    padded = np.pad(mask.astype(np.float32).reshape(side, side), padding)
-    box = np.array([round(float(v)) for v in _expand(np.asarray(box, np.float64), (side + 2 * padding) / side)])
-    w, h = max(int(box[2] - box[0] + 1), 1), max(int(box[3] - box[1] + 1), 1)
+    padded = np.pad(np.asarray(mask, np.float32).reshape(side, side), padding)
+    wide = _expand(_port_float(box), (side + 2 * padding) / side)
+    w, h = (round(float(v)) for v in np.maximum(wide[2:] - wide[:2] + 1, 1))
+    x1, y1, x2, y2 = (round(float(v)) for v in wide)
     resized = cv2.resize(padded, (w, h), interpolation=cv2.INTER_LINEAR) > threshold
-    return _place(resized, box[0], box[1], box[2], box[3], image_hw)
+    return _place(resized, x1, y1, x2, y2, image_hw)
 
 
 def _place(resized: np.ndarray, x1: int, y1: int, x_end: int, y_end: int, image_hw: tuple[int, int]) -> np.ndarray:
@@ -166,14 +184,16 @@ def port_postprocess(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, 
     """The port's host post-processing of the graph's outputs (1000 each): class-aware NMS
     through coordinate offsets (IoU > 0.4 suppresses, +1 areas), the first ``keep`` by
     score, boxes divided by ``ratio`` and clipped to [0, W] x [0, H], masks pasted the cv2
-    way."""
+    way (:func:`paste_port`). The boxes stay float32, except when NMS keeps fewer than
+    ``keep``: the port then pads its arrays with float64 zeros, which makes the kept boxes
+    float64 before the division, clip and paste, and so here too."""
     boxes, labels = np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels).reshape(-1)
     scores, masks = np.asarray(scores, np.float32).reshape(-1), np.asarray(masks).reshape(len(labels), 28, 28)
     offset = labels.astype(np.float32)[:, None] * (boxes.max() + 1)
     chosen = legacy_nms(torch.from_numpy(boxes + offset), torch.from_numpy(scores), NMS_THRESH,
                         suppress_equal=False).numpy()[:keep]
     height, width = image_hw
-    scaled = boxes[chosen] / ratio
+    scaled = boxes[chosen].astype(np.float32 if len(chosen) >= keep else np.float64) / ratio
     scaled[:, 0::2] = scaled[:, 0::2].clip(0, width)
     scaled[:, 1::2] = scaled[:, 1::2].clip(0, height)
     pasted = np.stack([paste_port(masks[i], b, image_hw) for i, b in zip(chosen, scaled)]) if len(chosen) else \
@@ -182,7 +202,8 @@ def port_postprocess(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, 
 
 
 def coco_xywh(boxes: np.ndarray, *, plus_one: bool) -> np.ndarray:
-    """xyxy -> COCO xywh; the original writes w = x2 - x1 + 1, the port w = x2 - x1."""
-    out = np.asarray(boxes, np.float32).copy()
+    """xyxy [N, 4] -> COCO xywh [N, 4], in float32 (float64 boxes stay float64, as in the
+    port); the original writes w = x2 - x1 + 1, the port w = x2 - x1."""
+    out = _port_float(boxes).copy()
     out[:, 2:] = out[:, 2:] - out[:, :2] + (1 if plus_one else 0)
     return out

@@ -14,15 +14,19 @@ from zoobook.export import export_onnx, pin_batch
 from zoobook.models.semask.network import SeMaskFPN
 
 PORT_SIZE = (1024, 2048)
-MEAN_RGB = np.array([123.675, 116.28, 103.53])
-STD_RGB = np.array([58.395, 57.12, 57.375])
+#: mmseg's Normalize stores them as float32
+MEAN_RGB = np.array([123.675, 116.28, 103.53], np.float32)
+STD_RGB = np.array([58.395, 57.12, 57.375], np.float32)
 
 
 def normalize(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB [H, W, 3] (or [B, H, W, 3]) -> float32 NCHW, (x - mean) / std computed in
-    float64 and cast, as mmseg's Normalize does on the 0-255 scale."""
+    """uint8 RGB [H, W, 3] (or [B, H, W, 3]) -> float32 NCHW on the 0-255 scale, bit for bit
+    as mmseg's Normalize (mmcv ``imnormalize``): OpenCV subtracts the float32 mean in float64
+    and stores float32, then multiplies by 1 / std (float64 of the float32 std) in float64
+    and stores float32. Two roundings, and a reciprocal rather than a division."""
     batch = rgb[None] if rgb.ndim == 3 else rgb
-    x = ((batch.astype(np.float64) - MEAN_RGB) / STD_RGB).astype(np.float32)
+    centred = (batch.astype(np.float64) - MEAN_RGB.astype(np.float64)).astype(np.float32)
+    x = (centred.astype(np.float64) * (1 / STD_RGB.astype(np.float64))).astype(np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
