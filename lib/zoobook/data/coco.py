@@ -9,10 +9,13 @@ Sample dict (``CocoDataset[i]``)::
 
 Real COCO val2017 is picked up from ``data/coco/annotations/instances_val2017.json`` with
 images in ``data/coco/val2017/`` (or ``data/coco/images/``, the reference repo's folder).
+Half of that (annotations without images, or images without annotations) is an error that
+says which half is missing, never a silent switch to the generated set.
 """
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -65,8 +68,13 @@ class CocoDataset:
             if ann["image_id"] not in images:
                 raise AnnotationError(f"{self.annotation_file}: annotations[{i}] refers to unknown image_id {ann['image_id']}")
             by_image[ann["image_id"]].append(ann)
+        if not images:
+            raise AnnotationError(f"{self.annotation_file}: holds no images (its \"images\" list is empty)")
         self.categories = data["categories"]
         ids = sorted(i for i in images if by_image[i] or not only_annotated)
+        if not ids:
+            raise AnnotationError(f"{self.annotation_file}: none of its {len(images)} images has an annotation "
+                                  "(only annotated images are used)")
         self.image_ids = ids[:limit] if limit else ids
         self._images, self._annotations = images, by_image
 
@@ -79,6 +87,13 @@ class CocoDataset:
                 "path": self.image_dir / image["file_name"], "height": image["height"],
                 "width": image["width"], "annotations": list(self._annotations[image["id"]])}
 
+    def missing_images(self) -> list[str]:
+        """File names of this dataset's images that are not in ``image_dir`` (one listing of
+        the folder, nothing decoded)."""
+        present = set(os.listdir(self.image_dir)) if self.image_dir.is_dir() else set()
+        names = (self._images[i]["file_name"] for i in self.image_ids)
+        return [n for n in names if n not in present and not (self.image_dir / n).is_file()]
+
     def load_image(self, index: int) -> np.ndarray:
         """BGR uint8 image of sample ``index``; a clear error names a missing file."""
         sample = self[index]
@@ -90,13 +105,21 @@ class CocoDataset:
 
 
 def find_coco(data_root: str | Path) -> tuple[Path, Path] | None:
-    """``(annotation_file, image_dir)`` of real COCO val2017 under ``data_root/coco``, or None."""
+    """``(annotation_file, image_dir)`` of real COCO val2017 under ``data_root/coco``; None
+    when neither is there. Only one of them there is a ``FileNotFoundError`` naming the other."""
     root = Path(data_root) / "coco"
     annotation = root / "annotations" / ANNOTATION_NAME
-    for image_dir in (root / "val2017", root / "images"):
-        if annotation.is_file() and image_dir.is_dir():
-            return annotation, image_dir
-    return None
+    image_dirs = [d for d in (root / "val2017", root / "images") if d.is_dir()]
+    if annotation.is_file() and image_dirs:
+        return annotation, image_dirs[0]
+    if not annotation.is_file() and not image_dirs:
+        return None
+    aside = f"or move {root} aside to use the generated set (where the profile allows one)"
+    if annotation.is_file():
+        raise FileNotFoundError(f"{root / 'val2017'}: COCO images folder not found, though {annotation} is "
+                                f"there; put the val2017 images in {root / 'val2017'} (or {root / 'images'}), {aside}")
+    raise FileNotFoundError(f"{annotation}: COCO annotation file not found, though {image_dirs[0]} is there; "
+                            f"put instances_val2017.json there, {aside}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -182,18 +205,29 @@ def write_synthetic_coco(root: str | Path, num_images: int = 8, *, seed: int = 0
     return write_json_atomic(root / "annotations" / ANNOTATION_NAME, dataset)
 
 
+def _with_images(dataset: CocoDataset) -> CocoDataset:
+    """``dataset``, once every image it uses is in its folder; else an error naming them."""
+    missing = dataset.missing_images()
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise FileNotFoundError(f"{dataset.image_dir}: {len(missing)} of the {len(dataset)} images listed in "
+                                f"{dataset.annotation_file} are missing ({shown})")
+    return dataset
+
+
 def locate_coco(profile: str, *, num_images: int = 24, require_real: bool = False,
                 seed: int = 0) -> tuple[CocoDataset, dict]:
     """Real COCO val2017 under ``data/coco`` when present, else a generated set in COCO's
     layout under ``runs/<profile>/datasets/coco-synthetic-<n>-s<seed>`` (made once; models
     asking for other sizes get their own folder).
-    ``num_images`` 0 means all. Returns the dataset and its provenance."""
+    ``num_images`` 0 means all. Every image used must be there; half a real set (see
+    :func:`find_coco`) is an error. Returns the dataset and its provenance."""
     from zoobook.paths import data_dir, runs_dir
     from zoobook.records import generated_once
 
     real = find_coco(data_dir())
     if real:
-        dataset = CocoDataset(*real, limit=num_images or None)
+        dataset = _with_images(CocoDataset(*real, limit=num_images or None))
         return dataset, {"kind": "real", "name": "COCO val2017", "annotation_file": str(real[0]),
                          "images_with_annotations": len(dataset)}
     if require_real:
@@ -202,7 +236,8 @@ def locate_coco(profile: str, *, num_images: int = 24, require_real: bool = Fals
     root = runs_dir() / profile / "datasets" / f"coco-synthetic-{num_images}-s{seed}"
     meta = {"num_images": num_images + 1, "seed": seed}  # +1: the generator's last image is empty
     generated_once(root, meta, lambda: write_synthetic_coco(root, meta["num_images"], seed=seed))
-    dataset = CocoDataset(root / "annotations" / "instances_val2017.json", root / "val2017", limit=num_images or None)
+    dataset = _with_images(CocoDataset(root / "annotations" / ANNOTATION_NAME, root / "val2017",
+                                       limit=num_images or None))
     return dataset, {"kind": "synthetic", "name": "generated COCO-format set (random polygons)",
                      "annotation_file": str(dataset.annotation_file), "images_with_annotations": len(dataset),
                      "seed": seed}

@@ -12,6 +12,7 @@ Sample (``VotDataset[i]``): a :class:`VotSequence` with ``name``, ``frames`` (pa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,9 @@ def rect_to_polygon(x: float, y: float, w: float, h: float) -> list[float]:
 
 
 def read_groundtruth(path: str | Path) -> np.ndarray:
-    """``groundtruth.txt`` -> float64 [N, 8] polygons (4-number lines converted)."""
+    """``groundtruth.txt`` -> float64 [N, 8] polygons (4-number lines converted). Every value
+    must be a finite number: VOT2016 ground truth never holds NaN or inf (a target is always
+    annotated), so one found there is a broken file, named with its line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: groundtruth file not found")
@@ -56,6 +59,10 @@ def read_groundtruth(path: str | Path) -> np.ndarray:
             values = [float(v) for v in line.replace("\t", ",").split(",")]
         except ValueError as err:
             raise VotFormatError(f"{path}:{lineno}: not a list of comma-separated numbers ({line.strip()!r})") from err
+        bad = next((v for v in values if not math.isfinite(v)), None)
+        if bad is not None:
+            raise VotFormatError(f"{path}:{lineno}: {bad} is not a finite number ({line.strip()!r}); VOT ground "
+                                 "truth holds finite coordinates only")
         if len(values) == 4:
             values = rect_to_polygon(*values)
         elif len(values) != 8:
@@ -81,9 +88,10 @@ def read_sequence(root: str | Path, name: str) -> VotSequence:
     groundtruth = read_groundtruth(folder / "groundtruth.txt")
     frames = _frames(folder)
     if len(frames) != len(groundtruth):
-        missing = _first_gap(frames)
+        missing = _first_gap(frames) if len(frames) < len(groundtruth) else None
         raise VotFormatError(f"{folder / 'groundtruth.txt'}: {len(groundtruth)} lines but {len(frames)} frames in "
-                             f"{folder}" + (f" (frame {missing} is missing)" if missing else ""))
+                             f"{folder}" + (f" (frame {missing} is missing)" if missing else "") +
+                             "; VOT needs one ground-truth line per frame")
     first = cv2.imread(str(frames[0]), cv2.IMREAD_COLOR)
     if first is None:
         raise VotFormatError(f"{frames[0]}: not a readable image")
@@ -102,16 +110,33 @@ def _first_gap(frames: list[Path]) -> str | None:
 
 
 class VotDataset:
-    """All sequences of ``list.txt`` under ``root`` (``limit`` keeps the first ones)."""
+    """All sequences of ``list.txt`` under ``root`` (``limit`` keeps the first ones). An empty
+    list, or a listed sequence without its folder, is an error here; :meth:`check` reads the
+    sequences themselves."""
 
     def __init__(self, root: str | Path, *, limit: int | None = None) -> None:
         self.root = Path(root)
         listing = self.root / "list.txt"
         if not listing.is_file():
             raise FileNotFoundError(f"{listing}: VOT sequence list not found")
-        names = [n.strip() for n in listing.read_text().splitlines() if n.strip()]
-        self.names = names[:limit] if limit else names
+        listed = [(lineno, n.strip()) for lineno, n in enumerate(listing.read_text().splitlines(), start=1)
+                  if n.strip()]
+        if not listed:
+            raise VotFormatError(f"{listing}: names no sequences (expected one sequence folder name per line)")
+        listed = listed[:limit] if limit else listed
+        for lineno, name in listed:
+            if not (self.root / name).is_dir():
+                raise FileNotFoundError(f"{self.root / name}: sequence folder not found "
+                                        f"(listed in {listing}, line {lineno})")
+        self.names = [name for _, name in listed]
         self._cache: dict[str, VotSequence] = {}
+
+    def check(self) -> VotDataset:
+        """Read every sequence now (ground truth parsed, frames counted against it, first frame
+        decoded), so a broken file is named before any work is done; returns the dataset."""
+        for index in range(len(self)):
+            self[index]
+        return self
 
     def __len__(self) -> int:
         return len(self.names)

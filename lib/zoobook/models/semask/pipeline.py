@@ -69,12 +69,28 @@ def locate_dataset(profile: str, *, num_images: int = 4, size: tuple[int, int] =
                    require_real: bool = False, seed: int = 0) -> tuple[CityscapesDataset, dict]:
     """Real Cityscapes val under ``data/cityscapes`` when present, else a generated set in
     its layout under ``runs/<profile>/datasets/cityscapes-synthetic-<n>-<H>x<W>-s<seed>``
-    (made once). ``num_images`` 0 means all. Returns the dataset and its provenance."""
+    (made once). ``num_images`` 0 means all. Half a real set (images without ``gtFine`` or the
+    reverse, or an image without its label file) is an error naming what is missing.
+    Returns the dataset and its provenance."""
+    from zoobook.data.cityscapes import CityscapesFormatError
     from zoobook.paths import data_dir, runs_dir
 
+    folders = [data_dir() / "cityscapes" / sub / "val" for sub in ("leftImg8bit", "gtFine")]
+    if folders[0].is_dir() != folders[1].is_dir():
+        absent, present = folders if folders[1].is_dir() else folders[::-1]
+        root = absent.parent.parent
+        raise FileNotFoundError(f"{absent}: Cityscapes folder not found, though {present} is there; unpack "
+                                f"{absent.parent.name}_trainvaltest.zip into {root}, or move {root} aside to "
+                                "use the generated set (where the profile allows one)")
     real = find_cityscapes(data_dir())
     if real:
         dataset = CityscapesDataset(real, "val", limit=num_images or None)
+        unlabelled = [i for i in range(len(dataset)) if not dataset.label_path(i).is_file()]
+        if unlabelled:
+            first = unlabelled[0]
+            raise CityscapesFormatError(f"{dataset.label_path(first)}: label file missing for "
+                                        f"{dataset.images[first]} ({len(unlabelled)} of the {len(dataset)} "
+                                        "images have none)")
         return dataset, {"kind": "real", "name": "Cityscapes val (gtFine)", "root": str(real), "count": len(dataset)}
     if require_real:
         raise FileNotFoundError(f"{data_dir() / 'cityscapes/leftImg8bit/val'}: real Cityscapes not found; this "
@@ -544,16 +560,21 @@ def benchmark(profile: str, backend: str, *, batch_sizes: list[int] | None = Non
             "graph_gflop": flops / 1e9, "candidates": names, "input_size": manifest["input_size"]}
 
 
+FLAT_MIB_PER_IMAGE = 1.0  # a fitted growth below this is noise in the peak: nothing to extrapolate
+
+
 def memory_fit(rows: list[dict], at: int = 16) -> list[dict]:
     """Per candidate measured at two or more batch sizes: peak memory = a + b x batch, fitted
-    by least squares, and what it predicts at batch ``at`` (where the port ran out of memory)."""
+    by least squares, and what it predicts at batch ``at`` (where the port ran out of memory).
+    A candidate whose peak grows by less than ``FLAT_MIB_PER_IMAGE`` per image is flat (small
+    inputs, or a peak set by something else) and gets no fit."""
     fits = []
     for name in dict.fromkeys(r["candidate"] for r in rows):
         points = sorted((r["batch_size"], r["peak_rss_mb"]) for r in rows if r["candidate"] == name)
         if len({bs for bs, _ in points}) < 2:
             continue
         slope, intercept = np.polyfit(*zip(*points), 1)
-        if slope <= 0:  # no growth with the batch measured (small inputs): nothing to extrapolate
+        if slope < FLAT_MIB_PER_IMAGE:
             continue
         fits.append({"candidate": name, "MiB_per_image": float(slope), "MiB_fixed": float(intercept),
                      f"predicted_peak_at_{at}_MiB": float(intercept + slope * at),

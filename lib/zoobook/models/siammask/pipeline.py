@@ -63,18 +63,24 @@ def candidates(backend: str, reference: bool) -> list[str]:
 def locate_dataset(profile: str, *, num_sequences: int = 3, num_frames: int = 60, require_real: bool = False,
                    seed: int = 0) -> tuple[VotDataset, dict]:
     """Real VOT2016 under ``data/VOT2016`` when present (``num_sequences`` 0 = all 60), else
-    a generated set in VOT2016's layout under ``runs/<profile>/datasets/vot-synthetic``."""
+    a generated set in VOT2016's layout under ``runs/<profile>/datasets/vot-synthetic``.
+    Every sequence used is read here, so a broken file is named before anything is written;
+    a ``data/VOT2016`` folder without its ``list.txt`` is an error, not a reason to generate."""
     real = data_dir() / "VOT2016"
     if (real / "list.txt").is_file():
-        dataset = VotDataset(real, limit=num_sequences or None)
+        dataset = VotDataset(real, limit=num_sequences or None).check()
         return dataset, {"kind": "real", "name": "VOT2016", "root": str(real), "sequences": len(dataset)}
+    if real.is_dir() and any(real.iterdir()):
+        raise FileNotFoundError(f"{real / 'list.txt'}: VOT sequence list not found, though {real} holds files; "
+                                f"add list.txt (one sequence folder name per line), or move {real} aside to use "
+                                "the generated set (where the profile allows one)")
     if require_real:
         raise FileNotFoundError(f"{real / 'list.txt'}: real VOT2016 not found; this profile needs it "
                                 "(sequence folders with groundtruth.txt beside list.txt)")
     root = runs_dir() / profile / "datasets" / "vot-synthetic" / "VOT2016"
     meta = {"num_sequences": num_sequences, "num_frames": num_frames, "seed": seed}
     generated_once(root, meta, lambda: write_synthetic_vot(root, num_sequences, num_frames, seed=seed))
-    dataset = VotDataset(root)
+    dataset = VotDataset(root).check()
     return dataset, {"kind": "synthetic", "name": "generated VOT2016-format set (moving, turning rectangles)",
                      "root": str(root), "sequences": len(dataset), "seed": seed}
 
