@@ -226,6 +226,20 @@ def test_port_postprocess_on_a_hand_made_case():
     np.testing.assert_array_equal(pp.coco_xywh(out["boxes"][:1], plus_one=False), [[50, 50, 100, 100]])
 
 
+def test_port_nms_visits_exact_ties_in_the_ports_order():
+    """The port's np_nms orders boxes by ``np.argsort(scores)[::-1]``: exactly tied scores come
+    in that (reversed) order, so of two overlapping boxes with the same score the port keeps
+    the one that order puts first, not the first one in the list."""
+    boxes = np.array([[100, 100, 300, 300], [110, 110, 310, 310]], np.float32)  # IoU 0.82 > 0.4
+    scores = np.array([0.5, 0.5], np.float32)
+    kept_by_port = int(np.argsort(scores)[::-1][0])
+    if kept_by_port == 0:
+        pytest.skip("this NumPy's argsort puts the tie the other way; the case cannot tell the orders apart")
+    out = pp.port_postprocess(boxes, np.array([3, 3], np.int32), scores, np.ones((2, 1, 28, 28), np.float32),
+                              ratio=1.0, image_hw=(400, 400))
+    np.testing.assert_array_equal(out["boxes"], boxes[[kept_by_port]])
+
+
 # ---------------------------------------------------------------------------------------
 # The port's mask paste (tools/utils.py paste_mask_in_image @507c3754), boxes and input
 

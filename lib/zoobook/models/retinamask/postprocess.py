@@ -39,10 +39,14 @@ def legacy_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
-def legacy_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, *, suppress_equal: bool = True) -> torch.Tensor:
+def legacy_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, *, suppress_equal: bool = True,
+               order: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy NMS with +1 areas: indices kept, by decreasing score. A box is dropped when its
-    IoU with a kept box is >= ``threshold`` (``suppress_equal``, the original) or > it (the port)."""
-    order = scores.argsort(descending=True, stable=True)
+    IoU with a kept box is >= ``threshold`` (``suppress_equal``, the original) or > it (the port).
+    ``order`` (indices by decreasing score) sets how exact ties are visited; by default a
+    stable descending sort."""
+    if order is None:
+        order = scores.argsort(descending=True, stable=True)
     iou = legacy_iou(boxes[order], boxes[order])
     over = iou >= threshold if suppress_equal else iou > threshold
     suppressed = torch.zeros(len(order), dtype=torch.bool)
@@ -182,7 +186,8 @@ def _place(resized: np.ndarray, x1: int, y1: int, x_end: int, y_end: int, image_
 def port_postprocess(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, *,
                      ratio: float, image_hw: tuple[int, int], keep: int = DETECTIONS) -> dict[str, np.ndarray]:
     """The port's host post-processing of the graph's outputs (1000 each): class-aware NMS
-    through coordinate offsets (IoU > 0.4 suppresses, +1 areas), the first ``keep`` by
+    through coordinate offsets (IoU > 0.4 suppresses, +1 areas; boxes visited in the order of
+    ``np.argsort(scores)[::-1]``, as the port does, so exact ties match), the first ``keep`` by
     score, boxes divided by ``ratio`` and clipped to [0, W] x [0, H], masks pasted the cv2
     way (:func:`paste_port`). The boxes stay float32, except when NMS keeps fewer than
     ``keep``: the port then pads its arrays with float64 zeros, which makes the kept boxes
@@ -190,8 +195,9 @@ def port_postprocess(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, 
     boxes, labels = np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels).reshape(-1)
     scores, masks = np.asarray(scores, np.float32).reshape(-1), np.asarray(masks).reshape(len(labels), 28, 28)
     offset = labels.astype(np.float32)[:, None] * (boxes.max() + 1)
+    port_order = torch.from_numpy(np.argsort(scores)[::-1].copy())  # the port's: exact ties come reversed
     chosen = legacy_nms(torch.from_numpy(boxes + offset), torch.from_numpy(scores), NMS_THRESH,
-                        suppress_equal=False).numpy()[:keep]
+                        suppress_equal=False, order=port_order).numpy()[:keep]
     height, width = image_hw
     scaled = boxes[chosen].astype(np.float32 if len(chosen) >= keep else np.float64) / ratio
     scaled[:, 0::2] = scaled[:, 0::2].clip(0, width)
