@@ -62,8 +62,9 @@ def test_wrong_keys_fail_with_the_list(tmp_path, official_state):
     message = str(err.value)
     assert str(path) in message
     assert "missing keys: protonet.proto.weight" in message
-    assert "unexpected keys: protonet.unknown12.weight" in message
-    assert "head.box.bias: file (7,) vs model (12,)" in message
+    assert "as the official file names them: proto_net.10.weight" in message
+    assert "unexpected keys: proto_net.12.weight" in message  # as the file spells it
+    assert "prediction_layers.0.bbox_layer.bias (head.box.bias here): file (7,) vs model (12,)" in message
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):

@@ -123,3 +123,30 @@ def test_ascend_stages_through_the_notebooks_with_fakes(smoke_run, monkeypatch, 
     assert (runs / "smoke" / "yolact_edge" / "artifacts" / "compiled" / "yolact_edge_bs1.om").is_file()
     evaluate = read_record("smoke", "yolact_edge", "05-evaluate")
     assert evaluate["metrics"]["agreement"]["recall"] > 0.99
+
+
+def test_a_wrong_checkpoint_fails_export_with_a_short_error_and_the_full_lists_in_the_record(
+        smoke_run, monkeypatch, tmp_path):
+    """A SiamMask-like file where the YolactEdge checkpoint belongs: the stage fails, its record's
+    error is a short summary naming the file and what it looks like, and the record keeps every
+    missing and unexpected key (written by the notebook's recorder, kept by the runner)."""
+    import torch
+
+    runs, weights = tmp_path / "runs", tmp_path / "data" / "weights"
+    shutil.copytree(Path(os.environ["ZOOBOOK_RUNS"]) / "smoke" / "yolact_edge" / "artifacts",
+                    runs / "smoke" / "yolact_edge" / "artifacts",
+                    ignore=shutil.ignore_patterns("outputs", "compiled", "results", "*.onnx"))
+    weights.mkdir(parents=True)
+    keys = [f"{prefix}{i}.weight" for prefix in ("features.features.layer", "rpn_model.cls.", "mask_model.mask.",
+                                                  "refine_model.v") for i in range(3)]
+    torch.save({key: torch.zeros(1) for key in keys}, weights / "yolact_edge_resnet50_54_800000.pth")
+    monkeypatch.setenv("ZOOBOOK_RUNS", str(runs))
+    monkeypatch.setenv("ZOOBOOK_DATA", str(tmp_path / "data"))
+    (result,) = run_model("yolact_edge", ["export"], profile="smoke", timeout=600)
+    assert result.status == "failed"
+    record = read_record("smoke", "yolact_edge", "02-export")
+    assert record["status"] == "failed" and len(record["error"]) < 2000
+    assert "yolact_edge_resnet50_54_800000.pth" in record["error"] and "SiamMask" in record["error"]
+    details = record["error_details"]
+    assert sorted(details["unexpected"]) == sorted(keys)
+    assert len(details["missing"]) == len(details["missing_official"]) > 100

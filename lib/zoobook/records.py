@@ -184,6 +184,11 @@ class StageRecorder:
     ``rec = StageRecorder("yolact_edge", "02-export", profile, backend, params)``, then
     ``rec.provenance["weights"] = ...``, ``rec.metrics[...] = ...``, ``rec.tables[...] = rows``
     and finally ``rec.finish()``.
+
+    Inside a notebook kernel, the newest recorder also watches the cells: when one raises an
+    error that carries more than its message (a ``details()`` method, e.g. a checkpoint's
+    full lists of missing and unexpected keys), it writes a failed record with those details
+    at once, under ``error_details``; the runner keeps them when it records the failure.
     """
 
     def __init__(self, model: str, stage: str, profile: str, backend: str | None = None,
@@ -201,6 +206,8 @@ class StageRecorder:
         self.tables: dict[str, list[dict]] = {}
         self.device: dict[str, Any] = {}
         self.notes: list[str] = []
+        self.error_details: dict[str, Any] | None = None
+        _watch_cells(self)
 
     def finish(self, status: str = "ok", error: str | None = None) -> Path:
         if status not in STATUSES:
@@ -214,4 +221,33 @@ class StageRecorder:
             "provenance": self.provenance, "metrics": self.metrics, "tables": self.tables,
             "notes": self.notes, "versions": versions(), "git_commit": git_commit(),
         }
+        if self.error_details is not None:
+            record["error_details"] = self.error_details
         return write_json_atomic(record_path(self.profile, self.model, self.stage), record)
+
+
+_watched: list[StageRecorder] = []  # the kernel's newest recorder, once its cell hook is in place
+
+
+def _watch_cells(recorder: StageRecorder) -> None:
+    """In an IPython kernel, make ``recorder`` the one that :func:`_after_cell` reports to."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    if not _watched:
+        shell.events.register("post_run_cell", _after_cell)
+    _watched[:] = [recorder]
+
+
+def _after_cell(result) -> None:
+    """IPython's post_run_cell hook: a cell's error with ``details()`` -> a failed record."""
+    error = getattr(result, "error_in_exec", None)
+    details = getattr(error, "details", None)
+    if _watched and callable(details):
+        recorder = _watched[0]
+        recorder.error_details = details()
+        recorder.finish(status="failed", error=f"{type(error).__name__}: {error}")

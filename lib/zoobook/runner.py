@@ -65,6 +65,7 @@ def run_stage(model: str, stage: str, *, profile: str = "default", backend: str 
                   **(overrides or {})}
     parameters = {k: v for k, v in parameters.items() if k in declared}
     start = time.perf_counter()
+    started = read_record(profile, model, stage)
     quiet = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # the kernel inherits it: no progress bars in executed notebooks
     try:
@@ -76,6 +77,7 @@ def run_stage(model: str, stage: str, *, profile: str = "default", backend: str 
         message = _short_error(err)
         recorder = StageRecorder(model, stage, profile, backend, parameters)
         recorder.notes.append(f"executed notebook: {output}")
+        recorder.error_details = _details_written_by_the_notebook(profile, model, stage, started)
         recorder.finish(status="failed", error=message)
         return StageResult(model, stage, "failed", time.perf_counter() - start, output, message)
     _restore("TQDM_DISABLE", quiet)
@@ -85,6 +87,15 @@ def run_stage(model: str, stage: str, *, profile: str = "default", backend: str 
         StageRecorder(model, stage, profile, backend, parameters).finish(status="failed", error=message)
         return StageResult(model, stage, "failed", time.perf_counter() - start, output, message)
     return StageResult(model, stage, "ok", time.perf_counter() - start, output)
+
+
+def _details_written_by_the_notebook(profile: str, model: str, stage: str, before: dict | None) -> dict | None:
+    """The ``error_details`` of a failed record the notebook itself wrote during this run (a
+    record other than ``before``, the one there when the run began), else None."""
+    record = read_record(profile, model, stage)
+    if record is None or record == before or record.get("status") != "failed":
+        return None
+    return record.get("error_details")
 
 
 def _restore(name: str, value: str | None) -> None:

@@ -1,7 +1,8 @@
 """Inference backends behind one small protocol (see :mod:`zoobook.backends.base`).
 
 ``get_backend("auto")`` picks Ascend only where ``ais_bench`` imports and a device answers,
-else ONNX Runtime. Heavy imports happen inside each backend, never at package import.
+else ONNX Runtime; ``get_backend("ascend")`` where either fails is an error saying which.
+Heavy imports happen inside each backend, never at package import.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ BACKENDS = ("torch", "onnxruntime", "ascend")
 
 
 def get_backend(name: str = "auto", **options) -> Backend:
-    """Return a backend instance by name (``auto``, ``torch``, ``onnxruntime``, ``ascend``)."""
+    """Return a backend instance by name (``auto``, ``torch``, ``onnxruntime``, ``ascend``).
+
+    ``ascend`` checks first that ``ais_bench`` imports and ``npu-smi`` answers (the stages
+    compile and then run the graph), else an ``AscendError`` says which failed and why;
+    ``AscendBackend(soc_version=...)`` itself can still compile on a machine without an NPU.
+    """
     if name == "auto":
         from zoobook.backends.ascend import AscendBackend
 
@@ -26,8 +32,9 @@ def get_backend(name: str = "auto", **options) -> Backend:
 
         return OnnxRuntimeBackend(**options)
     if name == "ascend":
-        from zoobook.backends.ascend import AscendBackend
+        from zoobook.backends.ascend import AscendBackend, require_npu
 
+        require_npu()
         return AscendBackend(**options)
     raise ValueError(f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
 

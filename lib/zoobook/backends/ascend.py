@@ -28,16 +28,50 @@ class AscendError(RuntimeError):
     pass
 
 
-def npu_smi_info() -> str | None:
-    """Output of ``npu-smi info`` or ``None`` when no device answers."""
+def _npu_smi() -> tuple[str | None, str | None]:
+    """``(output of npu-smi info, None)``, or ``(None, why no device answered)``."""
     exe = shutil.which("npu-smi")
     if exe is None:
-        return None
+        return None, "npu-smi is not on PATH"
     try:
         done = subprocess.run([exe, "info"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 else None
+    except subprocess.TimeoutExpired:
+        return None, f"`{exe} info` did not answer within 20 s"
+    except OSError as err:
+        return None, f"`{exe} info` did not start ({err})"
+    if done.returncode != 0:
+        said = " ".join(f"{done.stdout}\n{done.stderr}".split())[-300:] or "no output"
+        return None, f"`{exe} info` failed (exit {done.returncode}): {said}"
+    return done.stdout, None
+
+
+def npu_smi_info() -> str | None:
+    """Output of ``npu-smi info`` or ``None`` when no device answers."""
+    return _npu_smi()[0]
+
+
+def _ais_bench_problem() -> str | None:
+    try:
+        import ais_bench.infer.interface  # noqa: F401
+    except Exception as err:  # ImportError, or the ACL library it loads failing (OSError and others)
+        return f"ais_bench does not import ({type(err).__name__}: {err})"
+    return None
+
+
+def unavailable_reason() -> str | None:
+    """Why this machine cannot run the Ascend backend, None when it can: ``ais_bench`` does
+    not import and/or ``npu-smi info`` does not answer, each with its error or output."""
+    problems = [p for p in (_ais_bench_problem(), _npu_smi()[1]) if p]
+    return "; ".join(problems) or None
+
+
+def require_npu() -> None:
+    """An :class:`AscendError` saying plainly what is missing where no NPU can be used."""
+    reason = unavailable_reason()
+    if reason:
+        raise AscendError(f"the ascend backend needs an Ascend NPU and none is usable here: {reason}. Install "
+                          "the CANN toolkit and ais_bench and source set_env.sh, or choose another backend "
+                          "(onnxruntime, torch)")
 
 
 def detect_soc_version() -> str | None:
@@ -70,6 +104,9 @@ class AscendSession(Session):
     backend = "ascend"
 
     def __init__(self, om_path: str | Path, *, device_id: int = 0, mode: str = "static") -> None:
+        problem = _ais_bench_problem()
+        if problem:
+            raise AscendError(f"{om_path}: cannot run it, {problem}")
         from ais_bench.infer.interface import InferSession
 
         self.path = Path(om_path)
@@ -109,18 +146,15 @@ class AscendBackend(Backend):
 
     @classmethod
     def available(cls) -> bool:
-        try:
-            import ais_bench.infer.interface  # noqa: F401
-        except ImportError:
-            return False
-        return npu_smi_info() is not None
+        return unavailable_reason() is None
 
     def compile(self, onnx_path: str | Path, out_dir: str | Path, *, input_shapes: dict[str, list[int]],
                 name: str | None = None) -> Path:
         soc = self.soc_version or detect_soc_version()
         if not soc:
-            raise AscendError("soc_version is not set and npu-smi did not name a chip; pass soc_version="
-                              "'Ascend310P3' (for example)")
+            said = _npu_smi()[1] or "npu-smi info names no chip"
+            raise AscendError(f"no Ascend device to ask for the chip ({said}), and soc_version is not set; "
+                              "pass soc_version='Ascend310P3' (for example)")
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = out_dir / (name or Path(onnx_path).stem)

@@ -109,7 +109,8 @@ def build(weights: str | Path | None = None, *, allow_recipe: bool = True,
         return state if refine else {k: v for k, v in state.items() if not k.startswith("refine_model.")}
 
     provenance = load_weights(model, weights, default_weights_path(), mapping=official_to_zoobook, recipe=recipe,
-                              allow_recipe=allow_recipe, official_filename=OFFICIAL_FILENAME,
+                              to_official=zoobook_to_official, allow_recipe=allow_recipe,
+                              official_filename=OFFICIAL_FILENAME,
                               recipe_note="synthetic golden-recipe weights (not trained): the tracker follows "
                                           "nothing real; agreement with the reference is what they check")
     return model, provenance

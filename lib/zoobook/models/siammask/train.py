@@ -20,7 +20,8 @@ What it follows (FACTS.md sections 5 and 6.2):
   on all processes or none; the log holds the mean over the processes;
 * a checkpoint per epoch (``checkpoint_e<N>.pth``: the base model's official keys, optimiser,
   epoch, log), written atomically; ``--resume`` continues after the newest one exactly, since
-  every sample is a function of (seed, epoch, index).
+  every sample is a function of (seed, epoch, index); a newest one that does not read (cut
+  short in a copy, say) stops the run with an error naming it and the previous complete one.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoobook.checkpoints import key_spellings, load_strict
 from zoobook.models.siammask.checkpoint import official_to_zoobook, zoobook_to_official
 from zoobook.models.siammask.training import PORT_WEIGHTS, REFERENCE_WEIGHTS, LossWeights, total_loss
 
@@ -150,9 +152,59 @@ def _atomic_save(obj, path: Path) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
+def training_checkpoints(folder: str | Path) -> list[Path]:
+    """The ``checkpoint_e<N>.pth`` files of ``folder``, oldest epoch first."""
+    return sorted(Path(folder).glob("checkpoint_e*.pth"), key=lambda p: int(p.stem.split("_e")[1]))
+
+
 def latest_checkpoint(folder: str | Path) -> Path | None:
-    found = sorted(Path(folder).glob("checkpoint_e*.pth"), key=lambda p: int(p.stem.split("_e")[1]))
+    found = training_checkpoints(folder)
     return found[-1] if found else None
+
+
+def read_training_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by :func:`train`; a :class:`CheckpointError` naming the file when
+    it is truncated, corrupt or not one."""
+    from zoobook.checkpoints import CheckpointError
+
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a cut or damaged file
+        why = str(err).strip().split("\n")[0].split(". ")[0]  # torch's first sentence; the rest is advice
+        raise CheckpointError(f"{path} ({path.stat().st_size} bytes): truncated or corrupt, not a readable "
+                              f"training checkpoint ({type(err).__name__}{': ' + why if why else ''})") from err
+    absent = [k for k in ("epoch", "state_dict", "optimizer", "log")
+              if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if absent:
+        raise CheckpointError(f"{path}: not a training checkpoint of this entry point (no {', '.join(absent)})")
+    return checkpoint
+
+
+def resume_point(folder: str | Path) -> tuple[Path, dict] | None:
+    """The newest training checkpoint of ``folder`` and its content, None when there is none.
+
+    When the newest does not read, the error names it and the previous complete checkpoint
+    (the user deletes the broken file to resume from that one): resuming from an earlier
+    epoch without a word would silently redo epochs the user believes done.
+    """
+    from zoobook.checkpoints import CheckpointError
+
+    found = training_checkpoints(folder)
+    if not found:
+        return None
+    try:
+        return found[-1], read_training_checkpoint(found[-1])
+    except CheckpointError as err:
+        for previous in reversed(found[:-1]):
+            try:
+                epochs = read_training_checkpoint(previous)["epoch"] + 1
+            except CheckpointError:
+                continue
+            raise CheckpointError(f"cannot resume: {err}; the previous complete checkpoint is {previous} "
+                                  f"({epochs} epochs): delete {found[-1].name} to resume from it") from err
+        raise CheckpointError(f"cannot resume: {err}; no earlier checkpoint in {Path(folder)} reads either: delete "
+                              f"{found[-1].name} to train from the start") from err
 
 
 # ---------------------------------------------------------------------------------------
@@ -212,9 +264,10 @@ def train(data_root: str | Path, out: str | Path, *, preset: Preset, seed: int =
     from zoobook.models.siammask.train_data import PairDataset
 
     torch.manual_seed(seed)
+    out = Path(out)
+    resumed = resume_point(out) if resume else None  # a broken checkpoint stops the run before any work
     dev = pick_device(device)
     dist_info = init_distributed(dev)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     subsets = [Crop511Subset(config, data_root) for config in BASE_SUBSETS
                if (Path(data_root) / config.crop_dir).is_dir()]
@@ -241,21 +294,22 @@ def train(data_root: str | Path, out: str | Path, *, preset: Preset, seed: int =
                  "local_batch": local_batch, "global_batch": local_batch * dist_info.world, "device": str(dev),
                  "init": weights, "iterations": [], "epochs": []}
     start = 0
-    if resume and (found := latest_checkpoint(out)):
-        checkpoint = torch.load(found, map_location="cpu", weights_only=True)
-        model.load_state_dict(official_to_zoobook(checkpoint["state_dict"]), strict=True)
+    if resumed:
+        found, checkpoint = resumed
+        spelled = key_spellings(model.state_dict(), checkpoint["state_dict"], official_to_zoobook, zoobook_to_official)
+        load_strict(model, official_to_zoobook(checkpoint["state_dict"]), source=str(found), spelled=spelled)
         start, log = checkpoint["epoch"] + 1, json.loads(checkpoint["log"])
         log["resumed_from"] = str(found)
-    wrapped = _wrap(model, dist_info, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=preset.amp and dev.type != "cpu")
     unfreeze = unfreeze_epoch(preset)
     optimizer = None
-    if resume and start > 0:
+    if resumed and start != unfreeze:  # at the unfreeze epoch the loop builds a fresh optimiser, as a straight run
         set_trainable(model, trunk=start >= unfreeze)
+        wrapped = _wrap(model, dist_info, dev)  # after set_trainable: DDP reduces the trainable parameters
         optimizer = make_optimizer(wrapped, preset, schedule[start])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        if "scaler" in checkpoint:
-            scaler.load_state_dict(checkpoint["scaler"])
+    if resumed and "scaler" in checkpoint:
+        scaler.load_state_dict(checkpoint["scaler"])
     stop = min(preset.epochs, max_epochs if max_epochs is not None else preset.epochs)
     for epoch in range(start, stop):
         if optimizer is None or epoch == unfreeze:
@@ -396,8 +450,13 @@ def main(argv: list[str] | None = None) -> None:
 
         default = data_dir() / "weights" / "resnet.model"
         pretrained = default if default.is_file() else None
-    train(args.data, args.out, preset=preset, seed=args.seed, resume=args.resume, pretrained=pretrained,
-          workers=args.workers, device=args.device, max_epochs=args.max_epochs)
+    from zoobook.checkpoints import CheckpointError
+
+    try:
+        train(args.data, args.out, preset=preset, seed=args.seed, resume=args.resume, pretrained=pretrained,
+              workers=args.workers, device=args.device, max_epochs=args.max_epochs)
+    except CheckpointError as err:  # the message names the file and what to do: no traceback
+        raise SystemExit(f"{parser.prog}: error: {err}") from err
 
 
 if __name__ == "__main__":

@@ -61,6 +61,14 @@ def official_manifest() -> list[dict]:
     return manifest_entries(_PACKAGE)
 
 
+def zoobook_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`official_to_zoobook` on the official layout's keys (the rules
+    renamed through the manifest); other keys pass through."""
+    keys = [entry["key"] for entry in official_manifest()]
+    official = {new: old for new, old in official_to_zoobook(dict(zip(keys, keys))).items()}
+    return {official.get(key, key): value for key, value in state.items()}
+
+
 def recipe_state_dict() -> dict[str, torch.Tensor]:
     """The golden weights in the official layout, rebuilt from the recipe (about 1 s)."""
     gains = recipe_gains(_PACKAGE)
@@ -91,7 +99,7 @@ def build(weights: str | Path | None = None, *, allow_recipe: bool = True) -> tu
     """
     model = YolactEdge().eval()
     provenance = load_weights(model, weights, default_weights_path(), mapping=official_to_zoobook,
-                              recipe=recipe_state_dict, allow_recipe=allow_recipe,
+                              recipe=recipe_state_dict, allow_recipe=allow_recipe, to_official=zoobook_to_official,
                               official_filename=OFFICIAL_FILENAME,
                               recipe_note="synthetic golden-recipe weights (not trained): detections are "
                                           "meaningless as objects; backend agreement is what they check")
