@@ -9,6 +9,17 @@ The state is driven by the box branch only; the mask and polygon are outputs.
 
 Frames are BGR uint8 [H, W, 3]. Engines (:class:`TorchEngine`, :class:`SessionEngine`) take
 crops as float32 [1, 3, S, S] holding 0..255 (no normalisation).
+
+Arithmetic follows the reference as it ran, under NumPy 1.x promotion rules: the foreground
+probability is torch's softmax; the box decode and the penalties are float32 (the network
+outputs and the anchors are float32, and the float64 target size enters as a float32
+scalar); the window term and the penalised score are float64; the chosen box is divided by
+the scale in float32; the position and size update is float64; the mask sigmoid is torch's.
+Fed the reference's own network outputs, the state comes out bit for bit as the reference's.
+
+For review, :class:`TrackResult` carries the margin between the best and second-best
+penalised scores, the tracker keeps the float mean colour beside the uint8 fill, and
+``SiamMaskTracker(..., debug=True)`` keeps each frame's crop, scores and mask logits.
 """
 
 from __future__ import annotations
@@ -137,10 +148,35 @@ class SessionEngine:
 
 
 @dataclass
+class TrackDebug:
+    """What one frame fed the engines and got back; kept only with ``SiamMaskTracker(debug=True)``.
+
+    ``search_crop``: float32 [1, 3, I, I] (I = ``instance_size``, 255), BGR, 0..255, exactly
+    the array ``engine.search`` received. ``search_box``: (x, y, side) of that crop's window
+    in frame pixels before resizing to I (x, y = centre - side/2, the reference's ``crop_box``).
+    ``scores``: float32 [A*S*S] foreground probabilities (A = 5 anchors, S = 25; flat index =
+    anchor*S*S + row*S + col). ``penalised_scores``: float64 [A*S*S], the scores after the
+    scale/ratio penalty and the cosine window; the chosen anchor is their argmax.
+    ``mask_logits``: float32 [out_size, out_size] (127x127 with refine; 63x63 from the mask
+    branch when ``config.refine`` is False), row-major, before the sigmoid, for the chosen cell.
+    """
+
+    search_crop: np.ndarray = field(repr=False)
+    search_box: tuple[float, float, int]
+    scores: np.ndarray = field(repr=False)
+    penalised_scores: np.ndarray = field(repr=False)
+    mask_logits: np.ndarray = field(repr=False)
+
+
+@dataclass
 class TrackResult:
-    """One frame: ``polygon`` 8 numbers (x1, y1, ..., x4, y4); ``centre`` and ``size`` the
-    clipped box state; ``score`` the foreground probability of the chosen anchor; ``cell``
-    the (row, col) used for the mask; ``mask`` the pasted probabilities [H, W] (-1 outside)."""
+    """One frame: ``polygon`` float64 [8] (x1, y1, ..., x4, y4) in frame pixels; ``centre``
+    (x, y) and ``size`` (w, h), float64 [2], the clipped box state; ``score`` the foreground
+    probability of the chosen anchor; ``cell`` the (row, col) used for the mask; ``margin``
+    the best minus the second-best penalised score (>= 0; near 0 means another anchor almost
+    won); ``mask`` float32 [H, W], the pasted probabilities (-1 outside the pasted window);
+    ``debug`` the frame's :class:`TrackDebug` when the tracker was built with ``debug=True``,
+    else None."""
 
     polygon: np.ndarray
     centre: np.ndarray
@@ -148,13 +184,70 @@ class TrackResult:
     score: float
     cell: tuple[int, int]
     mask: np.ndarray | None = field(default=None, repr=False)
+    margin: float = float("nan")
+    debug: TrackDebug | None = field(default=None, repr=False)
+
+
+@dataclass
+class AnchorScores:
+    """The search outputs decoded per anchor (flat index anchor*S*S + row*S + col).
+
+    ``scores`` float32 [N] foreground probabilities; ``boxes`` float32 [4, N] (cx, cy, w, h)
+    in search-crop pixels relative to the crop centre; ``penalty`` float32 [N] the scale/ratio
+    penalty; ``penalised`` float64 [N] penalty*score*(1 - window_influence) + window*window_influence.
+    """
+
+    scores: np.ndarray
+    boxes: np.ndarray
+    penalty: np.ndarray
+    penalised: np.ndarray
+
+    @property
+    def best(self) -> int:
+        return int(np.argmax(self.penalised))
+
+    @property
+    def margin(self) -> float:
+        """Best minus second-best penalised score (0 on a tie)."""
+        second, first = np.partition(self.penalised, -2)[-2:]
+        return float(first - second)
+
+
+def score_anchors(outputs: dict[str, np.ndarray], anchors: np.ndarray, window: np.ndarray,
+                  target_in_crop: np.ndarray, config: TrackerConfig = TrackerConfig()) -> AnchorScores:
+    """Decode ``score`` [1, 2A, S, S] and ``delta`` [1, 4A, S, S] and penalise them, for a
+    target of size ``target_in_crop`` (w, h) in search-crop pixels (float64). ``anchors``
+    float32 [N, 4] (:func:`make_anchors`) and ``window`` float64 [N] (:func:`cosine_window`),
+    N = A*S*S. Dtypes as the reference: decode and penalty float32, penalised scores float64."""
+    logits = torch.from_numpy(outputs["score"][0].reshape(2, -1).astype(np.float32))
+    scores = torch.softmax(logits.T, dim=1)[:, 1].numpy()  # the reference's softmax, (bg, fg) pairs
+    delta = outputs["delta"][0].reshape(4, -1).astype(np.float32)
+    boxes = np.stack([delta[0] * anchors[:, 2] + anchors[:, 0], delta[1] * anchors[:, 3] + anchors[:, 1],
+                      np.exp(delta[2]) * anchors[:, 2], np.exp(delta[3]) * anchors[:, 3]])
+    target_context = np.float32(_context_size(*target_in_crop))
+    scale_change = _change(_context_size(boxes[2], boxes[3]) / target_context)
+    ratio_change = _change(np.float32(target_in_crop[0] / target_in_crop[1]) / (boxes[2] / boxes[3]))
+    penalty = np.exp(-(ratio_change * scale_change - 1) * float(config.penalty_k))
+    influence = float(config.window_influence)
+    penalised = penalty * scores * (1 - influence) + window * influence
+    return AnchorScores(scores, boxes, penalty, penalised)
 
 
 class SiamMaskTracker:
-    def __init__(self, engine, config: TrackerConfig = TrackerConfig()) -> None:
-        self.engine, self.config = engine, config
+    """``init(frame, box)`` or ``start(frame, centre, size)``, then ``track(frame)`` per frame.
+
+    After ``start``: ``mean_colour`` float64 [3], the frame's per-channel mean in BGR order
+    (the reference's ``avg_chans``), and ``fill`` uint8 [3], that mean truncated as the
+    reference writes it into its uint8 padding buffer, the colour every crop is padded with.
+    ``debug=True`` keeps ``template_crop`` (float32 [1, 3, E, E], E = ``exemplar_size``, BGR,
+    0..255) and a :class:`TrackDebug` in every :class:`TrackResult`; off, no crop is kept.
+    """
+
+    def __init__(self, engine, config: TrackerConfig = TrackerConfig(), *, debug: bool = False) -> None:
+        self.engine, self.config, self.debug = engine, config, debug
         self.anchors = make_anchors(config)
         self.window = cosine_window(config)
+        self.template_crop: np.ndarray | None = None
 
     def init(self, frame: np.ndarray, box: tuple[float, float, float, float]) -> None:
         """``box`` = (x, y, w, h) of the target in ``frame``."""
@@ -166,10 +259,13 @@ class SiamMaskTracker:
         self.centre = np.array(centre, dtype=np.float64)
         self.size = np.array(size, dtype=np.float64)
         self.frame_hw = frame.shape[:2]
-        self.fill = np.mean(frame, axis=(0, 1)).astype(np.uint8)  # truncated, as the reference
+        self.mean_colour = np.mean(frame, axis=(0, 1), dtype=np.float64)
+        self.fill = self.mean_colour.astype(np.uint8)  # truncated, as a float written into uint8
         context = self.config.context_amount * self.size.sum()
         side = int(np.round(np.sqrt((self.size[0] + context) * (self.size[1] + context))))
-        self.engine.set_template(crop_patch(frame, self.centre, self.config.exemplar_size, side, self.fill))
+        template = crop_patch(frame, self.centre, self.config.exemplar_size, side, self.fill)
+        self.template_crop = template if self.debug else None
+        self.engine.set_template(template)
 
     def _search_side(self) -> tuple[float, float]:
         cfg = self.config
@@ -178,50 +274,42 @@ class SiamMaskTracker:
         scale = cfg.exemplar_size / s
         return scale, s + 2 * ((cfg.instance_size - cfg.exemplar_size) / 2 / scale)
 
-    def _choose(self, outputs: dict[str, np.ndarray], scale: float) -> tuple[int, np.ndarray, float, float]:
-        cfg = self.config
-        logits = outputs["score"][0].reshape(2, -1)
-        score = np.exp(logits[1] - np.logaddexp(logits[0], logits[1]))  # softmax over (bg, fg)
-        delta = outputs["delta"][0].reshape(4, -1).astype(np.float64)
-        a = self.anchors.astype(np.float64)
-        boxes = np.stack([delta[0] * a[:, 2] + a[:, 0], delta[1] * a[:, 3] + a[:, 1],
-                          np.exp(delta[2]) * a[:, 2], np.exp(delta[3]) * a[:, 3]])
-        target = self.size * scale
-        s_c = _change(_context_size(boxes[2], boxes[3]) / _context_size(*target))
-        r_c = _change((target[0] / target[1]) / (boxes[2] / boxes[3]))
-        penalty = np.exp(-(r_c * s_c - 1) * cfg.penalty_k)
-        pscore = penalty * score * (1 - cfg.window_influence) + self.window * cfg.window_influence
-        best = int(np.argmax(pscore))
-        return best, boxes[:, best] / scale, float(penalty[best]), float(score[best])
-
     def track(self, frame: np.ndarray) -> TrackResult:
         cfg = self.config
         scale, side = self._search_side()
         side_px = int(np.round(side))
         crop_origin = self.centre - side_px / 2
-        outputs = self.engine.search(crop_patch(frame, self.centre, cfg.instance_size, side_px, self.fill))
-        best, box, penalty, score = self._choose(outputs, scale)
-        lr = penalty * score * cfg.lr
-        self.centre = self.centre + box[:2]
-        self.size = self.size * (1 - lr) + box[2:] * lr
+        search = crop_patch(frame, self.centre, cfg.instance_size, side_px, self.fill)
+        outputs = self.engine.search(search)
+        decoded = score_anchors(outputs, self.anchors, self.window, self.size * scale, cfg)
+        best = decoded.best
+        box = decoded.boxes[:, best] / np.float32(scale)  # float32, as the reference
+        lr = float(decoded.penalty[best] * decoded.scores[best]) * cfg.lr
+        self.centre = self.centre + box[:2].astype(np.float64)
+        self.size = self.size * (1 - lr) + box[2:].astype(np.float64) * lr
         _, row, col = np.unravel_index(best, (len(self.anchors) // cfg.score_size ** 2, cfg.score_size, cfg.score_size))
-        probabilities = self._mask(outputs, int(row), int(col))
+        logits, probabilities = self._mask(outputs, int(row), int(col))
         pasted = self._paste(probabilities, crop_origin, side_px, int(row), int(col))
         polygon = self._polygon(pasted)
         h, w = self.frame_hw
-        self.centre = np.array([min(max(self.centre[0], 0), w), min(max(self.centre[1], 0), h)])
-        self.size = np.array([min(max(self.size[0], 10), w), min(max(self.size[1], 10), h)])
-        return TrackResult(polygon, self.centre.copy(), self.size.copy(), score, (int(row), int(col)), pasted)
+        self.centre = np.array([min(max(self.centre[0], 0), w), min(max(self.centre[1], 0), h)], dtype=np.float64)
+        self.size = np.array([min(max(self.size[0], 10), w), min(max(self.size[1], 10), h)], dtype=np.float64)
+        debug = TrackDebug(search, (float(crop_origin[0]), float(crop_origin[1]), side_px), decoded.scores,
+                           decoded.penalised, logits) if self.debug else None
+        return TrackResult(polygon, self.centre.copy(), self.size.copy(), float(decoded.scores[best]),
+                           (int(row), int(col)), pasted, decoded.margin, debug)
 
-    def _mask(self, outputs: dict[str, np.ndarray], row: int, col: int) -> np.ndarray:
+    def _mask(self, outputs: dict[str, np.ndarray], row: int, col: int) -> tuple[np.ndarray, np.ndarray]:
+        """The chosen cell's logits and probabilities, float32 [out_size, out_size]."""
         side = self.config.out_size
         if self.config.refine:
             tensors = [torch.from_numpy(outputs[k]) for k in ("f0", "f1", "f2", "corr_feature")]
             inputs = {f"p{i}": np.ascontiguousarray(p.numpy()) for i, p in enumerate(refine_inputs(*tensors, row, col))}
-            logits = self.engine.refine(inputs)
-        else:
-            logits = outputs["mask"][0, :, row, col]
-        return (1 / (1 + np.exp(-logits.astype(np.float32)))).reshape(side, side)
+            logits = torch.from_numpy(np.ascontiguousarray(self.engine.refine(inputs), dtype=np.float32))
+        else:  # a strided view, as in the reference: torch rounds strided and contiguous sigmoids apart
+            logits = torch.from_numpy(np.asarray(outputs["mask"], dtype=np.float32))[0, :, row, col]
+        probabilities = logits.sigmoid()
+        return logits.reshape(side, side).numpy().copy(), probabilities.reshape(side, side).numpy()
 
     def _paste(self, probabilities: np.ndarray, crop_origin: np.ndarray, side_px: int, row: int, col: int) -> np.ndarray:
         """Warp the out_size x out_size mask into the frame (bilinear, -1 outside)."""
@@ -252,7 +340,9 @@ def paste_mask(probabilities: np.ndarray, window: tuple[float, float, float], fr
     forward map x_frame = a * x_map + a * x * k with k = n / side and a = (W - 1) / (W * k)
     (likewise for y with H). OpenCV 4 samples at source positions rounded to 1/32 px (fixed
     point: 1/1024 first); OpenCV 5 does not, which moves probabilities by up to 0.03. This
-    function follows OpenCV 4's rules, as the reference ran, whichever OpenCV is installed.
+    function follows OpenCV 4's rules, as the reference ran, whichever OpenCV is installed:
+    ``probabilities`` float32 [n, n] in, float32 [H, W] out, bit-identical to OpenCV 4.9's
+    ``warpAffine`` of the reference's float64 matrix (checked on random windows).
     """
     h, w = frame_hw
     n = probabilities.shape[0]
@@ -272,9 +362,11 @@ def paste_mask(probabilities: np.ndarray, window: tuple[float, float, float], fr
     padded = np.pad(probabilities.astype(np.float32), 1, constant_values=-1.0)
     cols, rows = np.clip(x0 + 1, 0, n + 1), np.clip(y0 + 1, 0, n + 1)
     cols1, rows1 = np.clip(x0 + 2, 0, n + 1), np.clip(y0 + 2, 0, n + 1)
-    top = padded[rows][:, cols] * (1 - fx) + padded[rows][:, cols1] * fx
-    bottom = padded[rows1][:, cols] * (1 - fx) + padded[rows1][:, cols1] * fx
-    out = top * (1 - fy)[:, None] + bottom * fy[:, None]
+    upper, lower, left, right = (1 - fy)[:, None], fy[:, None], (1 - fx)[None, :], fx[None, :]
+    # OpenCV sums the four taps in float32, in this order, with 2-D weights (exact products)
+    out = padded[rows][:, cols] * (upper * left) + padded[rows][:, cols1] * (upper * right)
+    out = out + padded[rows1][:, cols] * (lower * left)
+    out = out + padded[rows1][:, cols1] * (lower * right)
     inside = ((x0 >= -1) & (x0 < n))[None, :] & ((y0 >= -1) & (y0 < n))[:, None]
     return np.where(inside, out, -1.0).astype(np.float32)
 
