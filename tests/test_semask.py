@@ -143,7 +143,8 @@ def test_memory_fit_extrapolates_a_straight_line():
 
     rows = [{"candidate": "a", "batch_size": bs, "peak_rss_mb": 500 + 300 * bs} for bs in (1, 4, 8)]
     rows += [{"candidate": "flat", "batch_size": bs, "peak_rss_mb": 500.0} for bs in (1, 2, 4)]
-    rows += [{"candidate": "jitter", "batch_size": bs, "peak_rss_mb": 500.0 + 0.1 * (bs % 2)} for bs in (1, 2, 4)]
+    # a peak that creeps up by kilobytes (allocator noise) is flat too: under 1 MiB per image
+    rows += [{"candidate": "creep", "batch_size": bs, "peak_rss_mb": 500.0 + 0.01 * bs} for bs in (1, 2, 4)]
     (fit,) = memory_fit(rows)
     assert fit["candidate"] == "a" and fit["MiB_per_image"] == pytest.approx(300)
     assert fit["predicted_peak_at_16_MiB"] == pytest.approx(500 + 300 * 16)
