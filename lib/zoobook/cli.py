@@ -13,6 +13,9 @@ import sys
 
 import yaml
 
+from zoobook.backends import BACKENDS
+from zoobook.paths import PROFILES
+
 
 def _parse_overrides(pairs: list[str]) -> dict:
     overrides = {}
@@ -72,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     book = sub.add_parser("book", help="run all models' stages and build the Jupyter Book")
     book.add_argument("--no-run", action="store_true", help="only build the book from existing records")
     for p in (run, book):
-        p.add_argument("--profile", default="default", choices=("smoke", "default", "full"))
-        p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "ascend"))
+        p.add_argument("--profile", default="default", choices=PROFILES)
+        p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
         p.add_argument("--kernel", help="Jupyter kernel (default: the project's 'zoobook' kernel)")
         p.add_argument("--timeout", type=int, default=3600, help="per-cell timeout in seconds")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",

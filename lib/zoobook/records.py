@@ -194,9 +194,9 @@ class StageRecorder:
     def __init__(self, model: str, stage: str, profile: str, backend: str | None = None,
                  parameters: dict | None = None) -> None:
         if backend == "auto":
-            from zoobook.backends import get_backend
+            from zoobook.backends import resolve
 
-            backend = get_backend("auto").name
+            backend = resolve("auto")
         self.model, self.stage, self.profile, self.backend = model, stage, profile, backend
         self.parameters = dict(parameters or {})
         self.started = dt.datetime.now(dt.timezone.utc)

@@ -7,53 +7,110 @@ Heavy imports happen inside each backend, never at package import.
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
+
 from zoobook.backends.base import Backend, Session
 
-BACKENDS = ("torch", "onnxruntime", "ascend")
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """A registered backend and what it can do, so that callers ask for a capability instead
+    of comparing names.
+
+    ``compiles``: it has a compile step that turns the ONNX graph into an artifact of its own
+    (ONNX Runtime's optimised graph, ATC's ``.om``); the PyTorch reference runs the module.
+    ``static_batch``: a compiled artifact takes exactly the batch it was compiled for.
+    ``precision``: the arithmetic it is expected to run in ("fp32", or "fp16" for an NPU
+    compiled with ATC's default), which sets how closely it should match the ONNX graph.
+    ``device_time``: it reports device compute time apart from host time. ``reference``: it
+    is the PyTorch reference every other backend is compared with. ``needs_device``: it runs
+    only where its accelerator answers. ``cls``: "module:Class", imported on first use.
+    """
+
+    name: str
+    cls: str
+    compiles: bool
+    static_batch: bool
+    precision: str
+    device_time: bool
+    reference: bool = False
+    needs_device: bool = False
+
+    def load(self) -> type[Backend]:
+        module, _, attr = self.cls.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+REGISTRY: dict[str, BackendInfo] = {info.name: info for info in (
+    BackendInfo("torch", "zoobook.backends.torch_backend:TorchBackend", compiles=False, static_batch=False,
+                precision="fp32", device_time=False, reference=True),
+    BackendInfo("onnxruntime", "zoobook.backends.onnxruntime_backend:OnnxRuntimeBackend", compiles=True,
+                static_batch=False, precision="fp32", device_time=False),
+    BackendInfo("ascend", "zoobook.backends.ascend:AscendBackend", compiles=True, static_batch=True,
+                precision="fp16", device_time=True, needs_device=True),
+)}
+BACKENDS = tuple(REGISTRY)  # the names, in the order the CLI offers them
+EMBEDDED_DEFAULT = "onnxruntime"  # what ``auto`` means where no accelerator answers
+REFERENCE = next(info.name for info in REGISTRY.values() if info.reference)
+
+
+def with_reference(backend: str, reference: bool = True) -> list[str]:
+    """The candidates a stage scores: ``backend``, then the PyTorch reference where asked for
+    and not ``backend`` itself."""
+    return [backend] + ([REFERENCE] if reference and backend != REFERENCE else [])
+
+
+def benchmark_candidates(backend: str) -> list[str]:
+    """What a benchmark times side by side: the reference, the embedded default, and
+    ``backend`` where it is neither."""
+    return [REFERENCE, EMBEDDED_DEFAULT] + ([backend] if backend not in (REFERENCE, EMBEDDED_DEFAULT) else [])
+
+
+def capabilities(name: str) -> BackendInfo:
+    """The registry entry of ``name`` (``auto`` resolved first); a clear error for a typo."""
+    name = resolve(name)
+    if name not in REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
+    return REGISTRY[name]
+
+
+def _auto() -> str:
+    """The first registered backend that needs a device and has one, else the embedded default."""
+    for info in REGISTRY.values():
+        if info.needs_device and info.load().available():
+            return info.name
+    return EMBEDDED_DEFAULT
 
 
 def get_backend(name: str = "auto", **options) -> Backend:
-    """Return a backend instance by name (``auto``, ``torch``, ``onnxruntime``, ``ascend``).
+    """Return a backend instance by name (``auto`` or a :data:`REGISTRY` name).
 
-    ``ascend`` checks first that ``ais_bench`` imports and ``npu-smi`` answers (the stages
-    compile and then run the graph), else an ``AscendError`` says which failed and why;
+    A backend that needs a device checks first that it is usable (for ``ascend``: that
+    ``ais_bench`` imports and ``npu-smi`` answers), else its error says which failed and why;
     ``AscendBackend(soc_version=...)`` itself can still compile on a machine without an NPU.
     """
-    if name == "auto":
-        from zoobook.backends.ascend import AscendBackend
-
-        name = "ascend" if AscendBackend.available() else "onnxruntime"
-    if name == "torch":
-        from zoobook.backends.torch_backend import TorchBackend
-
-        return TorchBackend(**options)
-    if name == "onnxruntime":
-        from zoobook.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(**options)
-    if name == "ascend":
-        from zoobook.backends.ascend import AscendBackend, require_npu
-
-        require_npu()
-        return AscendBackend(**options)
-    raise ValueError(f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
+    info = capabilities(name)
+    backend = info.load()
+    if info.needs_device:
+        backend.require_device()
+    return backend(**options)
 
 
-__all__ = ["BACKENDS", "Backend", "Session", "backend_options", "get_backend", "resolve"]
+__all__ = ["BACKENDS", "EMBEDDED_DEFAULT", "REFERENCE", "REGISTRY", "Backend", "BackendInfo", "Session",
+           "backend_options", "benchmark_candidates", "capabilities", "get_backend", "resolve", "with_reference"]
 
 
 def resolve(name: str) -> str:
-    """The backend ``name`` stands for (``auto`` -> ``ascend`` or ``onnxruntime``)."""
-    return get_backend(name).name if name == "auto" else name
+    """The backend ``name`` stands for (``auto`` -> ``ascend`` where an NPU answers, else
+    ``onnxruntime``)."""
+    return _auto() if name == "auto" else name
 
 
 def backend_options(name: str, *, soc_version: str | None = None, precision_mode: str | None = None,
                     device_id: int = 0, ort_optimization: str | None = None, threads: int | None = None) -> dict:
     """The constructor options that matter to ``name`` (notebook parameters -> backend)."""
-    if name == "auto":
-        from zoobook.backends.ascend import AscendBackend
-
-        name = "ascend" if AscendBackend.available() else "onnxruntime"
+    name = resolve(name)
     if name == "ascend":
         return {k: v for k, v in {"soc_version": soc_version, "precision_mode": precision_mode,
                                   "device_id": device_id}.items() if v is not None}

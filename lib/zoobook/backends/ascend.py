@@ -148,6 +148,10 @@ class AscendBackend(Backend):
     def available(cls) -> bool:
         return unavailable_reason() is None
 
+    @classmethod
+    def require_device(cls) -> None:
+        require_npu()
+
     def compile(self, onnx_path: str | Path, out_dir: str | Path, *, input_shapes: dict[str, list[int]],
                 name: str | None = None) -> Path:
         soc = self.soc_version or detect_soc_version()

@@ -43,6 +43,10 @@ class Backend(ABC):
     def available(cls) -> bool:
         return True
 
+    @classmethod
+    def require_device(cls) -> None:
+        """Raise an error saying what is missing where this backend's device is not usable."""
+
     @abstractmethod
     def compile(self, onnx_path: str | Path, out_dir: str | Path, *,
                 input_shapes: dict[str, list[int]], name: str | None = None) -> Path:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from zoobook import bench
 from zoobook.artifacts import Artifacts
-from zoobook.backends import get_backend
+from zoobook.backends import benchmark_candidates, get_backend
 from zoobook.backends import resolve as resolve_backend  # noqa: F401 (the notebooks call it)
 from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
 from zoobook.backends.torch_backend import TorchSession
@@ -361,7 +361,7 @@ def benchmark(profile: str, backend: str, *, iterations: int = 5, warmup: int = 
     """PyTorch eager against ONNX Runtime (and the backend, if another), interleaved, batch 1:
     the graph alone; the port's host post-processing alone (NMS, rescale, 100 mask pastes);
     and end to end per image (read, resize, tensor, graph, host side)."""
-    names = ["torch", "onnxruntime"] + ([backend] if backend not in ("torch", "onnxruntime") else [])
+    names = benchmark_candidates(backend)
     manifest = load_manifest(profile)
     model, _ = load_model(profile)
     sessions = {name: _bench_session(profile, name, model, backend_options) for name in names}

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from zoobook import bench
 from zoobook.artifacts import Artifacts
-from zoobook.backends import get_backend
+from zoobook.backends import benchmark_candidates, get_backend, with_reference
 from zoobook.backends import resolve as resolve_backend
 from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
 from zoobook.backends.torch_backend import TorchSession
@@ -409,7 +409,7 @@ def evaluate(profile: str, backend: str, *, reference: bool = True) -> dict:
     with ``reference``, for PyTorch's on the same images (run here through 04-infer's
     resumable path if not saved yet); and the backend's pixel agreement with PyTorch."""
     manifest = load_manifest(profile)
-    candidates = [backend] + (["torch"] if reference and backend != "torch" else [])
+    candidates = with_reference(backend, reference)
     if "torch" in candidates and backend != "torch":
         infer(profile, "torch")
     matrices = {name: ConfusionMatrix(NUM_CLASSES, IGNORE) for name in candidates}
@@ -537,7 +537,7 @@ def benchmark(profile: str, backend: str, *, batch_sizes: list[int] | None = Non
     seconds each, so running candidates one after another (not interleaved) costs little
     accuracy. Also: the host's read + normalise per image, the graph's counted GFLOP, and a
     linear fit of peak memory over batch size."""
-    names = ["torch", "onnxruntime"] + ([backend] if backend not in ("torch", "onnxruntime") else [])
+    names = benchmark_candidates(backend)
     available = exported_batch_sizes(profile)
     batch_sizes = list(batch_sizes or available)
     flops = graph_flops(onnx_path(profile, available[0])) / available[0]  # per image

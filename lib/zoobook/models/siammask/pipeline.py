@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from zoobook import bench
 from zoobook.artifacts import Artifacts
-from zoobook.backends import get_backend
+from zoobook.backends import benchmark_candidates, get_backend, with_reference
 from zoobook.backends import resolve as resolve_backend  # noqa: F401 (the notebooks call it)
 from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
 from zoobook.backends.torch_backend import TorchSession
@@ -53,7 +53,7 @@ _artifacts = FILES.folder
 
 def candidates(backend: str, reference: bool) -> list[str]:
     """The backend, then the PyTorch reference (scored on the same sequences) unless it is the backend."""
-    return [backend] + (["torch"] if reference and backend != "torch" else [])
+    return with_reference(backend, reference)
 
 
 # ---------------------------------------------------------------------------------------
@@ -555,7 +555,7 @@ def benchmark(profile: str, backend: str, *, iterations: int = 10, warmup: int =
     run: each graph alone at batch 1, then the whole tracker per frame on the demo clip
     (crops, inference, decoding, mask paste and contour; frames decoded beforehand, as the
     reference's speed excludes image reading), template-once split against the port's graph."""
-    names = ["torch", "onnxruntime"] + ([backend] if backend not in ("torch", "onnxruntime") else [])
+    names = benchmark_candidates(backend)
     manifest = load_manifest(profile)
     model, _ = load_model(profile)
     feeds = demo_feeds(manifest, model)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from zoobook import bench
 from zoobook.artifacts import Artifacts
-from zoobook.backends import get_backend
+from zoobook.backends import benchmark_candidates, get_backend
 from zoobook.backends import resolve as resolve_backend  # noqa: F401 (the notebooks call it)
 from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
 from zoobook.backends.torch_backend import TorchSession
@@ -278,7 +278,7 @@ def benchmark(profile: str, backend: str, *, batch_sizes: list[int] = (1, 4, 8),
     """PyTorch eager against ONNX Runtime (and the chosen backend, if another), interleaved
     in one run: graph latency per batch size, then end-to-end per image at batch 1
     (read + preprocess + graph + host heads, NMS and masks)."""
-    names = ["torch", "onnxruntime"] + ([backend] if backend not in ("torch", "onnxruntime") else [])
+    names = benchmark_candidates(backend)
     manifest = load_manifest(profile)
     model, _ = load_model(profile)
     graph_rows = []

@@ -1,0 +1,100 @@
+"""The library's shape: the backend registry, the import layering, and the book's table of
+contents against the models' stages."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zoobook.backends import BACKENDS, REGISTRY, Backend, capabilities, get_backend, resolve
+from zoobook.cli import main
+
+ROOT = Path(__file__).parents[1]
+LIB = ROOT / "lib"
+# lower layers never import higher ones; everything not named here is the foundation (0):
+# paths, records, compare, bench, export, checkpoints, ops, data, metrics, backends, ...
+LAYERS = {"models": 1, "runner": 2, "book": 2, "cli": 3}
+
+
+def test_every_registered_backend_loads_under_its_own_name():
+    for name, info in REGISTRY.items():
+        backend = info.load()
+        assert issubclass(backend, Backend) and backend.name == name
+    assert [info.name for info in REGISTRY.values() if info.reference] == ["torch"]
+    assert not REGISTRY[resolve("auto")].needs_device  # no NPU here: auto is the embedded default
+
+
+def test_capabilities_answer_what_callers_used_to_ask_by_name():
+    assert not capabilities("torch").compiles and capabilities("onnxruntime").compiles
+    assert capabilities("ascend").static_batch and capabilities("ascend").device_time
+    assert capabilities("ascend").precision == "fp16" and capabilities("onnxruntime").precision == "fp32"
+    with pytest.raises(ValueError, match="unknown backend 'onnx'.*onnxruntime"):
+        capabilities("onnx")
+
+
+def test_auto_picks_the_npu_only_where_it_answers(fake_ascend):
+    assert resolve("auto") == "ascend" and get_backend("auto").name == "ascend"
+
+
+def test_cli_offers_the_registered_backends(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "yolact_edge", "--backend", "cuda"])
+    error = capsys.readouterr().err
+    assert all(f"'{name}'" in error for name in ("auto", *BACKENDS))
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return {name for name in found if name.split(".")[0] == "zoobook"}
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(LIB).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.get(parts[1], 0) if len(parts) > 1 else 0
+
+
+def test_nothing_imports_upward_and_there_are_no_cycles():
+    graph = {_module(p): _imports(p) for p in (LIB / "zoobook").rglob("*.py")}
+    upward = [f"{m} -> {d}" for m, deps in graph.items() for d in deps if _layer(d) > _layer(m)]
+    assert not upward
+    visiting, done = set(), set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in visiting, f"import cycle: {' -> '.join(path)}"
+        if module in done:
+            return
+        visiting.add(module)
+        for dep in graph.get(module, ()):
+            visit(dep, (*path, dep))
+        visiting.discard(module)
+        done.add(module)
+
+    for module in graph:
+        visit(module, (module,))
+
+
+def test_toc_lists_every_stage_of_every_model_in_order():
+    from zoobook.models import MODELS, get_spec
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    chapters = {c["file"]: [s["file"] for s in c.get("sections", [])] for c in toc["chapters"]}
+    models = [f.split("/")[1] for f in chapters if f.endswith("/index")]
+    assert sorted(models) == sorted(MODELS)
+    for model in models:
+        stages = list(get_spec(model).stages)
+        assert chapters[f"book/{model}/index"] == [f"book/{model}/{stage}" for stage in stages], model
+        for stage in stages:
+            assert (ROOT / "notebooks" / model / f"{stage}.ipynb").is_file()
