@@ -13,7 +13,8 @@ import yaml
 
 from zoobook.bench import benchmark, latency_stats
 from zoobook.compare import compare_outputs, compare_tensors
-from zoobook.records import StageRecorder, read_record, write_json_atomic
+from zoobook.atomic import write_json_atomic
+from zoobook.records import StageRecorder, read_record
 
 ROOT = Path(__file__).parents[1]
 

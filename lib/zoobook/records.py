@@ -1,4 +1,5 @@
-"""Stage records: one JSON file per model, profile and stage, written atomically.
+"""Stage records: one JSON file per model, profile and stage, written atomically
+(:mod:`zoobook.atomic`; machine facts from :mod:`zoobook.machine`).
 
 A record holds model, stage, profile, backend, device, status, timings, parameters,
 versions, git commit and provenance (weights and data), plus the stage's metrics and tables.
@@ -9,155 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import platform
-import subprocess
-import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from zoobook.paths import model_run_dir, project_root, runs_dir
+from zoobook.atomic import write_json_atomic
+from zoobook.machine import git_commit, machine, versions
+from zoobook.paths import model_run_dir, runs_dir
 
 STATUSES = ("ok", "failed", "running")
-_PACKAGES = ("zoobook", "torch", "numpy", "onnx", "onnxruntime", "onnxsim", "opencv-python-headless",
-             "pycocotools", "papermill")
 
 
 def record_path(profile: str, model: str, stage: str) -> Path:
     return model_run_dir(profile, model) / f"{stage}.json"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write bytes through a temporary file in the same folder and ``os.replace``: a reader
-    sees the old file or the new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write text atomically (see :func:`write_bytes_atomic`)."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write JSON atomically (see :func:`write_text_atomic`)."""
-    return write_text_atomic(path, json.dumps(_jsonable(data), indent=1, sort_keys=False, allow_nan=True) + "\n")
-
-
-def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray], *, compressed: bool = False) -> Path:
-    """``np.savez`` (or ``savez_compressed``) through a temporary file and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def file_stamps(paths: dict[str, str]) -> dict[str, list]:
-    """{name: [path, modification time in ns or None]}: part of a resume key, so that results
-    made with a compiled model are not reused once it is rebuilt."""
-    return {name: [str(path), Path(path).stat().st_mtime_ns if Path(path).exists() else None]
-            for name, path in paths.items()}
-
-
-def resumable_folder(folder: str | Path, key: Any, *, resume: bool, pattern: str) -> Path:
-    """A folder of results that can be resumed. ``key`` says what the results depend on
-    (inputs, weights, compiled model...); files matching ``pattern`` are removed unless
-    ``resume`` is set and the key saved beside them (``key.json``) is the same."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    key_file = folder / "key.json"
-    stale = not key_file.is_file() or json.loads(key_file.read_text()) != json.loads(json.dumps(_jsonable(key)))
-    if stale or not resume:
-        for old in folder.glob(pattern):
-            old.unlink()
-    write_json_atomic(key_file, key)
-    return folder
-
-
-def generated_once(root: str | Path, meta: dict, generate) -> Path:
-    """Call ``generate()`` to write a generated dataset under ``root`` unless it already holds
-    one made with the same ``meta`` (parameters such as size and seed, kept beside it in
-    ``zoobook-generator.json``); returns ``root``."""
-    root = Path(root)
-    meta_file = root / "zoobook-generator.json"
-    if not meta_file.is_file() or json.loads(meta_file.read_text()) != json.loads(json.dumps(meta)):
-        generate()
-        write_json_atomic(meta_file, meta)
-    return root
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
-
-
-def git_commit() -> str | None:
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project_root(),
-                              capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project_root(),
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired, RuntimeError):
-        return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def machine() -> dict:
-    from zoobook.backends.base import _cores, cpu_name
-
-    return {"host_cpu": cpu_name(), "cores": _cores(), "memory_gib": memory_gib(), "platform": platform.platform()}
-
-
-def memory_gib() -> float | None:
-    """The machine's memory (``MemTotal`` of ``/proc/meminfo``), None off Linux."""
-    try:
-        with open("/proc/meminfo") as info:
-            for line in info:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
 
 
 def read_record(profile: str, model: str, stage: str) -> dict | None:

@@ -200,7 +200,7 @@ def write_synthetic_coco(root: str | Path, num_images: int = 8, *, seed: int = 0
         "images": images, "annotations": annotations,
         "categories": [{"id": cid, "name": name, "supercategory": ""} for cid, name in COCO_CATEGORIES],
     }
-    from zoobook.records import write_json_atomic
+    from zoobook.atomic import write_json_atomic
 
     return write_json_atomic(root / "annotations" / ANNOTATION_NAME, dataset)
 
@@ -223,7 +223,7 @@ def locate_coco(profile: str, *, num_images: int = 24, require_real: bool = Fals
     ``num_images`` 0 means all. Every image used must be there; half a real set (see
     :func:`find_coco`) is an error. Returns the dataset and its provenance."""
     from zoobook.paths import data_dir, runs_dir
-    from zoobook.records import generated_once
+    from zoobook.resume import generated_once
 
     real = find_coco(data_dir())
     if real:

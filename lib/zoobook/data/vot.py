@@ -159,7 +159,7 @@ def write_json_index(dataset: VotDataset, path: str | Path) -> Path:
             "gt_rect": sequence.groundtruth.tolist(), "width": sequence.width, "height": sequence.height,
             **{tag: sequence.tags.get(tag, []) for tag in
                ("camera_motion", "illum_change", "motion_change", "size_change", "occlusion")}}
-    from zoobook.records import write_json_atomic
+    from zoobook.atomic import write_json_atomic
 
     return write_json_atomic(path, index)
 

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from zoobook.records import write_text_atomic
+from zoobook.atomic import write_text_atomic
 
 EAO_INTERVALS = {"repo": (100, 356), "vot2016": (108, 371)}
 BURNIN = 10

@@ -38,7 +38,8 @@ from zoobook.models.retinamask import postprocess as post
 from zoobook.models.retinamask.checkpoint import build
 from zoobook.models.retinamask.export import PortGraph, cast_roi_inputs_to_fp16, export_port_graph, graph_shapes
 from zoobook.models.retinamask.preprocess import original_tensor, port_resize, port_tensor
-from zoobook.records import file_stamps, resumable_folder, save_npz_atomic, write_json_atomic
+from zoobook.atomic import save_npz_atomic, write_json_atomic
+from zoobook.resume import file_stamps, resumable_folder
 
 MODEL = "retinamask"
 FILES = Artifacts(MODEL)

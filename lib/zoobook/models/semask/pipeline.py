@@ -37,7 +37,8 @@ from zoobook.metrics.segmentation import ConfusionMatrix
 from zoobook.models.semask import GRAPH
 from zoobook.models.semask.checkpoint import build
 from zoobook.models.semask.export import PORT_SIZE, export_graphs, graph_shapes, normalize
-from zoobook.records import file_stamps, generated_once, resumable_folder, write_bytes_atomic, write_json_atomic
+from zoobook.atomic import write_bytes_atomic, write_json_atomic
+from zoobook.resume import file_stamps, generated_once, resumable_folder
 
 MODEL = "semask"
 FILES = Artifacts(MODEL)

@@ -38,7 +38,8 @@ from zoobook.models.siammask.experiment import run_sequence
 from zoobook.models.siammask.export import export_graph, graph_module
 from zoobook.models.siammask.tracker import SessionEngine, SiamMaskTracker, TorchEngine, TrackerConfig
 from zoobook.paths import data_dir, project_root, runs_dir
-from zoobook.records import file_stamps, generated_once, resumable_folder, write_json_atomic
+from zoobook.atomic import write_json_atomic
+from zoobook.resume import file_stamps, generated_once, resumable_folder
 
 MODEL = "siammask"
 #: fp32 tolerance (golden README: |diff| <= 1e-3 on maps and logits, 5e-3 on corr_feature, values up to 81)

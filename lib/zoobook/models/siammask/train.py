@@ -145,7 +145,7 @@ def load_pretrained_trunk(model: nn.Module, path: str | Path) -> dict:
 def _atomic_save(obj, path: Path) -> None:
     import io
 
-    from zoobook.records import write_bytes_atomic
+    from zoobook.atomic import write_bytes_atomic
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from zoobook.artifacts import Artifacts
 from zoobook.data.crop511 import BASE_SUBSETS, write_synthetic_crop511
-from zoobook.records import generated_once, write_json_atomic
+from zoobook.atomic import write_json_atomic
+from zoobook.resume import generated_once
 
 FILES = Artifacts("siammask")
 REAL_ROOT = "siammask_train"  # data/siammask_train/<dataset>/crop511 and the indexes

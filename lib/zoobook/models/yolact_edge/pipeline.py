@@ -35,7 +35,8 @@ from zoobook.models.yolact_edge import GRAPH
 from zoobook.models.yolact_edge.checkpoint import build
 from zoobook.models.yolact_edge.postprocess import postprocess
 from zoobook.models.yolact_edge.preprocess import INPUT_SIZE, preprocess
-from zoobook.records import file_stamps, resumable_folder, save_npz_atomic, write_json_atomic
+from zoobook.atomic import save_npz_atomic, write_json_atomic
+from zoobook.resume import file_stamps, resumable_folder
 
 MODEL = "yolact_edge"
 INPUT_NAMES = list(GRAPH.inputs)
