@@ -90,7 +90,7 @@ def _locked(path: Path) -> dict[str, tuple[str, int]]:
     return locked
 
 
-@pytest.mark.parametrize("lock,extras", [("requirements.lock", ["test"]), ("requirements-lab.lock", ["test", "lab"])])
+@pytest.mark.parametrize("lock,extras", [("requirements.txt", ["test"]), ("requirements-lab.txt", ["test", "lab"])])
 def test_lock_pins_every_declared_dependency_with_hashes(lock, extras):
     """Each lock holds every dependency pyproject.toml declares, at a version its range allows,
     and every locked package has at least one sha256 (pip's hash-checking mode needs all)."""
@@ -108,16 +108,16 @@ def test_lock_pins_every_declared_dependency_with_hashes(lock, extras):
 
 
 def test_lab_lock_agrees_with_the_main_lock():
-    main, lab = _locked(ROOT / "requirements.lock"), _locked(ROOT / "requirements-lab.lock")
+    main, lab = _locked(ROOT / "requirements.txt"), _locked(ROOT / "requirements-lab.txt")
     assert {name: main[name][0] for name in main} == {name: lab[name][0] for name in main}
 
 
 def test_environment_yml_and_makefile_install_the_lock():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert pip == ["--require-hashes", "-r requirements.lock"]
+    assert pip == ["--require-hashes", "-r requirements.txt"]
     makefile = (ROOT / "Makefile").read_text()
-    assert "--require-hashes -r requirements.lock" in makefile and "--no-deps" in makefile
+    assert "--require-hashes -r requirements.txt" in makefile and "--no-deps" in makefile
 
 
 def test_constraints_pin_cpu_torch():
