@@ -10,7 +10,7 @@ full lists are its attributes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -135,14 +135,14 @@ def read_state_dict(path: str | Path, *, wrappers: Iterable[str] = ("state_dict"
 
 def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str,
                 optional_suffixes: tuple[str, ...] = ("num_batches_tracked",),
-                spelled: Mapping[str, str] | None = None) -> list[str]:
+                spelled: Callable[[], Mapping[str, str]] | None = None) -> list[str]:
     """Load ``state`` into ``model``; every key must match by name and shape.
 
     Keys ending in one of ``optional_suffixes`` may be absent (bookkeeping buffers); they
     keep the model's value and are returned so callers can report them. Floating tensors
-    are cast to the model's dtype (official files may be fp16). ``spelled`` maps this
+    are cast to the model's dtype (official files may be fp16). ``spelled`` gives a map of this
     model's key names to the file's (or the official layout's) where they differ, for the
-    :class:`CheckpointMismatch` raised when anything does not fit.
+    :class:`CheckpointMismatch` raised when anything does not fit; it is called only then.
     """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -151,7 +151,7 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: 
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in state if k in expected and state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
-        spelled = spelled or {}
+        spelled = spelled() if spelled else {}
 
         def name(key: str) -> str:
             return spelled.get(key, key)
@@ -233,8 +233,8 @@ def load_weights(model: nn.Module, weights: str | Path | None, default_path: Pat
     path = Path(weights) if weights else default_path
     if weights or path.is_file():
         state = read_state_dict(path)
-        spelled = key_spellings(model.state_dict(), state, mapping, to_official)
-        skipped = load_strict(model, mapping(state), source=str(path), spelled=spelled)
+        skipped = load_strict(model, mapping(state), source=str(path),
+                              spelled=lambda: key_spellings(model.state_dict(), state, mapping, to_official))
         return {"kind": "official" if path.name == official_filename else "checkpoint", "path": str(path),
                 "sha256": file_sha256(path),
                 "note": f"checkpoint {path.name}" + (f"; absent optional keys: {len(skipped)}" if skipped else "")}

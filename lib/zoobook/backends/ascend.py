@@ -146,7 +146,9 @@ class AscendBackend(Backend):
 
     @classmethod
     def available(cls) -> bool:
-        return unavailable_reason() is None
+        """``ais_bench`` imports and ``npu-smi info`` answers; the import is tried first, so a
+        machine without ``ais_bench`` never waits on ``npu-smi``."""
+        return _ais_bench_problem() is None and npu_smi_info() is not None
 
     @classmethod
     def require_device(cls) -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from zoobook.data import half_present
+
 IGNORE = 255
 
 
@@ -78,6 +80,16 @@ class CityscapesDataset:
     def __len__(self) -> int:
         return len(self.images)
 
+    def check(self) -> CityscapesDataset:
+        """Every image has its label file (looked up, nothing decoded), else an error naming the
+        first one missing; returns the dataset."""
+        unlabelled = [i for i in range(len(self)) if not self.label_path(i).is_file()]
+        if unlabelled:
+            first = unlabelled[0]
+            raise CityscapesFormatError(f"{self.label_path(first)}: label file missing for {self.images[first]} "
+                                        f"({len(unlabelled)} of the {len(self)} images have none)")
+        return self
+
     def label_path(self, index: int) -> Path:
         image = self.images[index]
         stem = image.name[: -len("_leftImg8bit.png")]
@@ -108,8 +120,17 @@ class CityscapesDataset:
 
 
 def find_cityscapes(data_root: str | Path) -> Path | None:
+    """``data_root/cityscapes`` when it holds ``leftImg8bit/val`` and ``gtFine/val``; None when
+    it holds neither. Only one of them there is an error naming the other."""
     root = Path(data_root) / "cityscapes"
-    return root if (root / "leftImg8bit" / "val").is_dir() else None
+    images, labels = root / "leftImg8bit" / "val", root / "gtFine" / "val"
+    if images.is_dir() and labels.is_dir():
+        return root
+    if not images.is_dir() and not labels.is_dir():
+        return None
+    absent, present = (labels, images) if images.is_dir() else (images, labels)
+    raise half_present(absent, "Cityscapes folder", f"{present} is there", root,
+                       f"unpack {absent.parent.name}_trainvaltest.zip into {root}")
 
 
 def write_synthetic_cityscapes(root: str | Path, num_images: int = 4, *, size: tuple[int, int] = (256, 512),

@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from zoobook.data import read_json
+from zoobook.data import half_present, read_json
 from zoobook.data.coco_categories import COCO_CATEGORIES
 from zoobook.data.images import read_bgr
 
@@ -114,12 +114,11 @@ def find_coco(data_root: str | Path) -> tuple[Path, Path] | None:
         return annotation, image_dirs[0]
     if not annotation.is_file() and not image_dirs:
         return None
-    aside = f"or move {root} aside to use the generated set (where the profile allows one)"
     if annotation.is_file():
-        raise FileNotFoundError(f"{root / 'val2017'}: COCO images folder not found, though {annotation} is "
-                                f"there; put the val2017 images in {root / 'val2017'} (or {root / 'images'}), {aside}")
-    raise FileNotFoundError(f"{annotation}: COCO annotation file not found, though {image_dirs[0]} is there; "
-                            f"put instances_val2017.json there, {aside}")
+        raise half_present(root / "val2017", "COCO images folder", f"{annotation} is there", root,
+                           f"put the val2017 images in {root / 'val2017'} (or {root / 'images'})")
+    raise half_present(annotation, "COCO annotation file", f"{image_dirs[0]} is there", root,
+                       "put instances_val2017.json there")
 
 
 # ---------------------------------------------------------------------------------------

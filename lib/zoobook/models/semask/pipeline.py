@@ -71,27 +71,14 @@ def locate_dataset(profile: str, *, num_images: int = 4, size: tuple[int, int] =
     """Real Cityscapes val under ``data/cityscapes`` when present, else a generated set in
     its layout under ``runs/<profile>/datasets/cityscapes-synthetic-<n>-<H>x<W>-s<seed>``
     (made once). ``num_images`` 0 means all. Half a real set (images without ``gtFine`` or the
-    reverse, or an image without its label file) is an error naming what is missing.
+    reverse, or an image without its label file) is an error naming what is missing
+    (:func:`~zoobook.data.cityscapes.find_cityscapes`, ``CityscapesDataset.check``).
     Returns the dataset and its provenance."""
-    from zoobook.data.cityscapes import CityscapesFormatError
     from zoobook.paths import data_dir, runs_dir
 
-    folders = [data_dir() / "cityscapes" / sub / "val" for sub in ("leftImg8bit", "gtFine")]
-    if folders[0].is_dir() != folders[1].is_dir():
-        absent, present = folders if folders[1].is_dir() else folders[::-1]
-        root = absent.parent.parent
-        raise FileNotFoundError(f"{absent}: Cityscapes folder not found, though {present} is there; unpack "
-                                f"{absent.parent.name}_trainvaltest.zip into {root}, or move {root} aside to "
-                                "use the generated set (where the profile allows one)")
     real = find_cityscapes(data_dir())
     if real:
-        dataset = CityscapesDataset(real, "val", limit=num_images or None)
-        unlabelled = [i for i in range(len(dataset)) if not dataset.label_path(i).is_file()]
-        if unlabelled:
-            first = unlabelled[0]
-            raise CityscapesFormatError(f"{dataset.label_path(first)}: label file missing for "
-                                        f"{dataset.images[first]} ({len(unlabelled)} of the {len(dataset)} "
-                                        "images have none)")
+        dataset = CityscapesDataset(real, "val", limit=num_images or None).check()
         return dataset, {"kind": "real", "name": "Cityscapes val (gtFine)", "root": str(real), "count": len(dataset)}
     if require_real:
         raise FileNotFoundError(f"{data_dir() / 'cityscapes/leftImg8bit/val'}: real Cityscapes not found; this "

@@ -27,6 +27,7 @@ from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
 from zoobook.backends.torch_backend import TorchSession
 from zoobook.checkpoints import weights_label
 from zoobook.compare import compare_outputs
+from zoobook.data import half_present
 from zoobook.data.images import read_bgr
 from zoobook.data.vot import VotDataset, read_json_index, write_json_index, write_synthetic_vot
 from zoobook.export import onnx_io
@@ -52,11 +53,6 @@ _artifacts = FILES.folder
 
 
 
-def candidates(backend: str, reference: bool) -> list[str]:
-    """The backend, then the PyTorch reference (scored on the same sequences) unless it is the backend."""
-    return with_reference(backend, reference)
-
-
 # ---------------------------------------------------------------------------------------
 # 01-data
 
@@ -72,9 +68,8 @@ def locate_dataset(profile: str, *, num_sequences: int = 3, num_frames: int = 60
         dataset = VotDataset(real, limit=num_sequences or None).check()
         return dataset, {"kind": "real", "name": "VOT2016", "root": str(real), "sequences": len(dataset)}
     if real.is_dir() and any(real.iterdir()):
-        raise FileNotFoundError(f"{real / 'list.txt'}: VOT sequence list not found, though {real} holds files; "
-                                f"add list.txt (one sequence folder name per line), or move {real} aside to use "
-                                "the generated set (where the profile allows one)")
+        raise half_present(real / "list.txt", "VOT sequence list", f"{real} holds files", real,
+                           "add list.txt (one sequence folder name per line)")
     if require_real:
         raise FileNotFoundError(f"{real / 'list.txt'}: real VOT2016 not found; this profile needs it "
                                 "(sequence folders with groundtruth.txt beside list.txt)")
@@ -291,7 +286,7 @@ def track_vot(profile: str, backend: str, *, reference: bool = True, mode: str =
     dataset = load_dataset(manifest)
     model, _ = load_model(profile)
     summary = {}
-    for candidate in candidates(backend, reference):
+    for candidate in with_reference(backend, reference):
         folder = results_folder(profile, candidate)
         resumable_folder(folder, _results_key(profile, candidate, manifest, mode), resume=resume,
                          pattern="baseline/*/*_001.txt")
@@ -387,7 +382,7 @@ def track_demo(profile: str, backend: str, *, reference: bool = True, mode: str 
     frames = demo_frames(manifest)
     model, _ = load_model(profile)
     out = {}
-    for candidate in candidates(backend, reference):
+    for candidate in with_reference(backend, reference):
         tracker = SiamMaskTracker(open_engine(profile, candidate, mode=mode, model=model,
                                               backend_options=backend_options))
         tracker.init(frames[0], manifest["demo"]["box"])
@@ -428,7 +423,7 @@ def evaluate(profile: str, backend: str, *, reference: bool = True, mode: str = 
     where 04-infer tracked with it."""
     manifest = load_manifest(profile)
     index = read_json_index(manifest["index"])
-    names = candidates(backend, reference)
+    names = with_reference(backend, reference)
     scores = {name: vot.evaluate_folder(index, results_folder(profile, name)) for name in names}
     for name, score in scores.items():
         write_json_atomic(_artifacts(profile) / "scores" / f"{name}.json", score)

@@ -296,8 +296,9 @@ def train(data_root: str | Path, out: str | Path, *, preset: Preset, seed: int =
     start = 0
     if resumed:
         found, checkpoint = resumed
-        spelled = key_spellings(model.state_dict(), checkpoint["state_dict"], official_to_zoobook, zoobook_to_official)
-        load_strict(model, official_to_zoobook(checkpoint["state_dict"]), source=str(found), spelled=spelled)
+        load_strict(model, official_to_zoobook(checkpoint["state_dict"]), source=str(found),
+                    spelled=lambda: key_spellings(model.state_dict(), checkpoint["state_dict"], official_to_zoobook,
+                                                  zoobook_to_official))
         start, log = checkpoint["epoch"] + 1, json.loads(checkpoint["log"])
         log["resumed_from"] = str(found)
     scaler = torch.amp.GradScaler(dev.type, enabled=preset.amp and dev.type != "cpu")
