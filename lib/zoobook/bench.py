@@ -130,3 +130,25 @@ def run_isolated(function: Callable, *args, **kwargs) -> tuple[object, float]:
 
 class IsolatedRunFailed(RuntimeError):
     pass
+
+
+FLAT_MIB_PER_IMAGE = 1.0  # a fitted growth below this is noise in the peak: nothing to extrapolate
+
+
+def memory_fit(rows: list[dict], at: int = 16) -> list[dict]:
+    """Per candidate measured at two or more batch sizes: peak memory = a + b x batch, fitted
+    by least squares, and what it predicts at batch ``at`` (where a port may run out of
+    memory). A candidate whose peak grows by less than ``FLAT_MIB_PER_IMAGE`` per image is
+    flat (small inputs, or a peak set by something else) and gets no fit."""
+    fits = []
+    for name in dict.fromkeys(r["candidate"] for r in rows):
+        points = sorted((r["batch_size"], r["peak_rss_mb"]) for r in rows if r["candidate"] == name)
+        if len({bs for bs, _ in points}) < 2:
+            continue
+        slope, intercept = np.polyfit(*zip(*points), 1)
+        if slope < FLAT_MIB_PER_IMAGE:
+            continue
+        fits.append({"candidate": name, "MiB_per_image": float(slope), "MiB_fixed": float(intercept),
+                     f"predicted_peak_at_{at}_MiB": float(intercept + slope * at),
+                     "basis": f"linear fit over batch {', '.join(str(bs) for bs, _ in points)} (extrapolated)"})
+    return fits

@@ -9,11 +9,27 @@ its "normal precision" thresholds. An optional elementwise tolerance
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 #: msit compare's thresholds for "normal precision"
 THRESHOLDS = {"cosine": 0.99, "rel_euclidean": 0.05, "rmse": 1.0, "mean_rel": 1.0}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How closely a candidate must match a reference, beyond msit's thresholds (always
+    applied): ``atol`` and ``rtol`` elementwise (``|a - b| <= atol + rtol * |b|``, set for fp32
+    runs of the same graph); ``min_agreement``, the share of equal pixels two class maps
+    need; ``box_px``, how far two detections' boxes may be apart and still match, and
+    ``min_matched``, the share of reference detections that must find a match."""
+
+    atol: float | None = None
+    rtol: float = 0.0
+    min_agreement: float | None = None
+    box_px: float | None = None
+    min_matched: float = 0.99
 
 
 def compare_tensors(reference: np.ndarray, candidate: np.ndarray, *, atol: float | None = None,
@@ -60,3 +76,55 @@ def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str,
         raise KeyError(f"candidate lacks outputs: {missing}")
     return [{"output": name, **compare_tensors(reference[name], candidate[name], atol=atol, rtol=rtol)}
             for name in reference]
+
+
+def compare_with(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+                 tolerance: Tolerance) -> list[dict]:
+    """:func:`compare_outputs` under ``tolerance`` (its elementwise part where set)."""
+    return compare_outputs(reference, candidate, atol=tolerance.atol, rtol=tolerance.rtol)
+
+
+def class_map_parity(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) -> dict:
+    """Two class maps of the same images: the share of equal pixels, and whether it reaches
+    ``tolerance.min_agreement`` (arg-max near-ties may flip, so an element-wise equality test
+    would be wrong)."""
+    if reference.shape != candidate.shape:
+        return {"output": "output", "shape": list(candidate.shape), "agreement": 0.0, "differing_pixels": None,
+                "passed": False, "note": f"shape differs from {list(reference.shape)}"}
+    equal = reference == candidate
+    return {"output": "output", "shape": list(reference.shape), "agreement": float(equal.mean()),
+            "differing_pixels": int(equal.size - equal.sum()), "min_agreement": tolerance.min_agreement,
+            "passed": bool(equal.mean() >= tolerance.min_agreement)}
+
+
+def detection_parity(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+                     tolerance: Tolerance) -> list[dict]:
+    """Two runs of a graph whose outputs are a set of detections (``boxes``, ``labels``,
+    ``scores``, ``masks``, one image, batch axis first). A top-k over many near-equal scores
+    lets two correct backends order (or, at the k-th place, choose) entries differently, so an
+    element-wise comparison would be wrong. Instead: the sorted scores element-wise; then each
+    reference entry is matched to a candidate entry of the same label whose box is within
+    ``tolerance.box_px``, and boxes and masks are compared over the matches; at least
+    ``tolerance.min_matched`` of the entries must match."""
+    ref = {k: v.reshape(v.shape[1:]) for k, v in reference.items()}
+    cand = {k: v.reshape(v.shape[1:]) for k, v in candidate.items()}
+    elementwise = {"atol": tolerance.atol, "rtol": tolerance.rtol}
+    rows = [{"output": "scores (sorted)",
+             **compare_tensors(np.sort(ref["scores"]), np.sort(cand["scores"]), **elementwise)}]
+    close = (np.abs(ref["boxes"][:, None, :] - cand["boxes"][None, :, :]).max(-1) <= tolerance.box_px) \
+        & (ref["labels"][:, None] == cand["labels"][None, :])
+    taken = np.zeros(len(cand["labels"]), bool)
+    pairs = []
+    for i in range(len(ref["labels"])):
+        options = np.flatnonzero(close[i] & ~taken)
+        if options.size:
+            taken[options[0]] = True
+            pairs.append((i, options[0]))
+    matched = len(pairs) / max(len(ref["labels"]), 1)
+    rows.append({"output": "(label, box) entries matched", "shape": [len(ref["labels"])], "matched": matched,
+                 "passed": matched >= tolerance.min_matched})
+    if pairs:
+        i, j = map(np.array, zip(*pairs))
+        for name in ("boxes", "masks"):
+            rows.append({"output": f"{name} (matched)", **compare_tensors(ref[name][i], cand[name][j], **elementwise)})
+    return rows

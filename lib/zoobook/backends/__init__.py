@@ -25,7 +25,11 @@ class BackendInfo:
     compiled with ATC's default), which sets how closely it should match the ONNX graph.
     ``device_time``: it reports device compute time apart from host time. ``reference``: it
     is the PyTorch reference every other backend is compared with. ``needs_device``: it runs
-    only where its accelerator answers. ``cls``: "module:Class", imported on first use.
+    only where its accelerator answers. ``compiler``: the tool its compile step is (a model
+    may have to rewrite its graph for one, as RetinaMask's port does for ATC). ``runs_onnx``:
+    it can also open an exported ONNX file that was not compiled. ``options``: notebook
+    parameter -> constructor option, for the parameters this backend takes.
+    ``cls``: "module:Class", imported on first use.
     """
 
     name: str
@@ -36,6 +40,9 @@ class BackendInfo:
     device_time: bool
     reference: bool = False
     needs_device: bool = False
+    compiler: str | None = None
+    runs_onnx: bool = False
+    options: tuple[tuple[str, str], ...] = ()
 
     def load(self) -> type[Backend]:
         module, _, attr = self.cls.partition(":")
@@ -44,11 +51,14 @@ class BackendInfo:
 
 REGISTRY: dict[str, BackendInfo] = {info.name: info for info in (
     BackendInfo("torch", "zoobook.backends.torch_backend:TorchBackend", compiles=False, static_batch=False,
-                precision="fp32", device_time=False, reference=True),
+                precision="fp32", device_time=False, reference=True, options=(("threads", "threads"),)),
     BackendInfo("onnxruntime", "zoobook.backends.onnxruntime_backend:OnnxRuntimeBackend", compiles=True,
-                static_batch=False, precision="fp32", device_time=False),
+                static_batch=False, precision="fp32", device_time=False, compiler="onnxruntime", runs_onnx=True,
+                options=(("ort_optimization", "compile_optimization"), ("threads", "threads"))),
     BackendInfo("ascend", "zoobook.backends.ascend:AscendBackend", compiles=True, static_batch=True,
-                precision="fp16", device_time=True, needs_device=True),
+                precision="fp16", device_time=True, needs_device=True, compiler="atc",
+                options=(("soc_version", "soc_version"), ("precision_mode", "precision_mode"),
+                         ("device_id", "device_id"))),
 )}
 BACKENDS = tuple(REGISTRY)  # the names, in the order the CLI offers them
 EMBEDDED_DEFAULT = "onnxruntime"  # what ``auto`` means where no accelerator answers
@@ -107,13 +117,9 @@ def resolve(name: str) -> str:
     return _auto() if name == "auto" else name
 
 
-def backend_options(name: str, *, soc_version: str | None = None, precision_mode: str | None = None,
-                    device_id: int = 0, ort_optimization: str | None = None, threads: int | None = None) -> dict:
-    """The constructor options that matter to ``name`` (notebook parameters -> backend)."""
-    name = resolve(name)
-    if name == "ascend":
-        return {k: v for k, v in {"soc_version": soc_version, "precision_mode": precision_mode,
-                                  "device_id": device_id}.items() if v is not None}
-    if name == "onnxruntime":
-        return {k: v for k, v in {"compile_optimization": ort_optimization, "threads": threads}.items() if v is not None}
-    return {"threads": threads} if threads else {}
+def backend_options(name: str, **parameters) -> dict:
+    """The constructor options of backend ``name`` from notebook parameters (those it takes,
+    per its registry entry; None and unknown parameters left out)."""
+    info = capabilities(name)
+    return {option: parameters[param] for param, option in info.options
+            if parameters.get(param) is not None and (param != "threads" or parameters[param])}

@@ -149,12 +149,13 @@ def coco_agreement(images: list[dict], reference: CocoEvaluator, candidate: list
 
 
 def score_candidates(ground_truth: str | Path, images: list[dict], results: dict[str, list], *, backend: str,
-                     folder: str | Path, plus_one: dict[str, bool | None] | None = None) -> dict:
+                     folder: str | Path, plus_one: dict[str, bool | None] | None = None,
+                     reference: str | None = None) -> dict:
     """Score each candidate's per-image results (``results[name]``, in the order of
     ``images``: dicts with image_id, height, width, file_name) with pycocotools, dumping the
     results files to ``folder/<name>/``; ``plus_one[name]`` picks its box convention (see
-    :func:`to_coco_results`). When PyTorch (``"torch"``) is scored beside ``backend``, the
-    backend's agreement with it is added: ``agreement`` (detections matched directly) and
+    :func:`to_coco_results`). With ``reference`` (the name of another scored candidate, the
+    PyTorch reference), the backend's agreement with it is added: ``agreement`` (detections matched directly) and
     ``agreement_coco`` (COCO AP against the reference's detections)."""
     from zoobook.metrics.agreement import AgreementEvaluator
 
@@ -166,12 +167,12 @@ def score_candidates(ground_truth: str | Path, images: list[dict], results: dict
         evaluator.dump(Path(folder) / name.replace(", ", "-").replace(" ", "_"))
         metrics[name] = evaluator.evaluate()
         evaluators[name] = evaluator
-    if "torch" in evaluators and backend != "torch":
+    if reference is not None and reference != backend:
         truth_images = [{"id": im["image_id"], "height": im["height"], "width": im["width"],
                          "file_name": im["file_name"]} for im in images]
-        metrics["agreement_coco"] = coco_agreement(truth_images, evaluators["torch"], results[backend], samples)
+        metrics["agreement_coco"] = coco_agreement(truth_images, evaluators[reference], results[backend], samples)
         matcher = AgreementEvaluator()
-        matcher.process(results["torch"], results[backend])
+        matcher.process(results[reference], results[backend])
         metrics["agreement"] = matcher.evaluate()
     return metrics
 

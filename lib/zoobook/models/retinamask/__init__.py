@@ -4,7 +4,7 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights) and ``postprocess.py`` (
 original post-processing and the port's).
 """
 
-from zoobook.models.spec import GraphSpec, ModelSpec, Published
+from zoobook.stages.spec import GraphSpec, ModelSpec, Published
 
 #: the port's graph: batch 1, input 1344x1344 (BGR minus mean, padded), no NMS inside
 GRAPH = GraphSpec(

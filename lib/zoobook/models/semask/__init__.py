@@ -4,7 +4,7 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights), ``export.py`` (the port
 its normalisation) and ``pipeline.py`` (the stages).
 """
 
-from zoobook.models.spec import GraphSpec, ModelSpec, Published
+from zoobook.stages.spec import GraphSpec, ModelSpec, Published
 
 #: the port's graph: one static batch size per graph, whole 1024 x 2048 image, arg-max inside
 GRAPH = GraphSpec(inputs={"image": ("bs", 3, 1024, 2048)}, outputs={"output": ("bs", 1024, 2048)})

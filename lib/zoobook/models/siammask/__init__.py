@@ -6,7 +6,7 @@ training ``training.py`` (targets, losses), ``train_data.py`` (pairs), ``train.p
 and its entry point) and ``train_stage.py`` (00-train).
 """
 
-from zoobook.models.spec import GraphSpec, ModelSpec, Published
+from zoobook.stages.spec import GraphSpec, ModelSpec, Published
 
 SEARCH_OUTPUTS = {"score": (1, 10, 25, 25), "delta": (1, 20, 25, 25), "mask": (1, 3969, 25, 25),
                   "f0": (1, 64, 125, 125), "f1": (1, 256, 63, 63), "f2": (1, 512, 31, 31),

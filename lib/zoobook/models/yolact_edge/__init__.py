@@ -4,7 +4,7 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights), ``preprocess.py``,
 ``postprocess.py`` (heads, priors, fast NMS, masks) and ``pipeline.py`` (the stages).
 """
 
-from zoobook.models.spec import GraphSpec, ModelSpec, Published
+from zoobook.stages.spec import GraphSpec, ModelSpec, Published
 
 _PORT = "Ascend/ModelZoo-PyTorch ACL_PyTorch/built-in/cv/YolactEdge_for_PyTorch README"
 

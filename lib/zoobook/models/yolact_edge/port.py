@@ -1,0 +1,167 @@
+"""YolactEdge's hooks over the shared stages (:mod:`zoobook.stages.steps`).
+
+Its own artifacts under ``runs/<profile>/yolact_edge/artifacts/``: ``inputs/<index>.bin``
+(the port's float32 [1, 3, 550, 550] layout), ``inputs/ids.json``, ``inputs/manifest.json``;
+``yolact_edge.onnx`` (dynamic batch); ``outputs/<backend>/<index>.npz`` (the six outputs);
+``results/<candidate>/*.json`` (COCO results files).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from zoobook import bench
+from zoobook.atomic import write_json_atomic
+from zoobook.checkpoints import weights_label
+from zoobook.compare import Tolerance
+from zoobook.data.coco import locate_coco
+from zoobook.data.images import read_bgr
+from zoobook.export import export_onnx
+from zoobook.metrics.coco import score_candidates
+from zoobook.models.yolact_edge import GRAPH, SPEC
+from zoobook.models.yolact_edge.checkpoint import build
+from zoobook.models.yolact_edge.postprocess import postprocess
+from zoobook.models.yolact_edge.preprocess import INPUT_SIZE, preprocess
+from zoobook.stages import Port, Run
+from zoobook.stages.steps import load_outputs, open_session
+
+OUTPUT_NAMES = list(GRAPH.outputs)
+
+
+class YolactEdgePort(Port):
+    spec = SPEC
+    data_files = ("inputs/*.bin", "inputs/ids.json")
+    evaluate_files = ("results/*/*.json",)
+    dataset_dir = "coco"
+    weights_file = "yolact_edge_resnet50_54_800000.pth"
+    #: fp32 tolerance of the six graph outputs (golden README: observed <= 7.4e-5 relative)
+    tolerances = {"fp32": Tolerance(atol=2e-3, rtol=1e-4), "fp16": Tolerance()}
+
+    def build(self, weights, *, allow_recipe):
+        return build(weights, allow_recipe=allow_recipe)
+
+    # 01-data
+
+    def locate(self, run: Run, *, num_images: int = 24, require_real: bool = False, seed: int = 0):
+        """Real COCO val2017 under ``data/coco`` when present, else a generated set in COCO's
+        layout (:func:`zoobook.data.coco.locate_coco`). ``num_images`` 0 means all."""
+        return locate_coco(run.profile, num_images=num_images, require_real=require_real, seed=seed)
+
+    def prepare(self, run: Run, dataset, provenance: dict) -> dict:
+        """Each image as the port writes it: float32 ``<index>.bin`` [1,3,550,550], plus
+        ``ids.json``; the manifest holds the image sizes and the data's provenance."""
+        folder = run.path("inputs")
+        folder.mkdir(parents=True, exist_ok=True)
+        images = []
+        for index in tqdm(range(len(dataset)), desc="preprocess"):
+            sample = dataset[index]
+            preprocess(dataset.load_image(index))[None].tofile(folder / f"{index}.bin")
+            images.append({"index": index, "image_id": sample["image_id"], "file_name": sample["file_name"],
+                           "path": str(sample["path"]), "height": sample["height"], "width": sample["width"]})
+        write_json_atomic(folder / "ids.json", [im["image_id"] for im in images])
+        return {"dataset": provenance, "input_shape": [1, 3, INPUT_SIZE, INPUT_SIZE], "images": images}
+
+    # 02-export and the inputs of every stage
+
+    def export_graphs(self, run: Run, model, folder: Path, *, opset: int) -> dict:
+        path = folder / "yolact_edge.onnx"
+        example = torch.from_numpy(np.random.RandomState(0).standard_normal((1, 3, INPUT_SIZE, INPUT_SIZE))
+                                   .astype(np.float32))
+        summary = export_onnx(model, (example,), path, input_names=list(GRAPH.inputs), output_names=OUTPUT_NAMES,
+                              opset=opset)
+        return {"yolact_edge": {"*": summary}}
+
+    def feeds(self, run: Run, graph: str, batch_size: int) -> dict[str, np.ndarray]:
+        count = len(run.manifest["images"])
+        return self.read_batch(run, [i % count for i in range(batch_size)])
+
+    def read_batch(self, run: Run, items: list[int]) -> dict[str, np.ndarray]:
+        return {"image": np.stack([read_input(run, i) for i in items])}
+
+    # 05-evaluate
+
+    def score(self, run: Run, candidates: list[str]) -> dict:
+        """pycocotools (bbox and segm) on each candidate's detections: the backend's from its
+        saved outputs, the reference's (PyTorch) computed here on the same inputs; and the
+        backend's agreement with the reference. Host post-processing is the same code for
+        both."""
+        manifest = run.manifest
+        model, weights = run.model()
+        backend, *reference = candidates
+        results: dict[str, list] = {name: [] for name in candidates}
+        for im in tqdm(manifest["images"], desc="evaluate"):
+            size = [(im["height"], im["width"])]
+            outputs = load_outputs(run, backend, im["index"])
+            results[backend].append(postprocess(model.head, [outputs[n] for n in OUTPUT_NAMES], size)[0])
+            for name in reference:
+                with torch.inference_mode():
+                    outputs = model(torch.from_numpy(read_input(run, im["index"])[None]))
+                results[name].append(postprocess(model.head, list(outputs), size)[0])
+        metrics = score_candidates(Path(manifest["dataset"]["annotation_file"]), manifest["images"], results,
+                                   backend=backend, folder=run.path("results"),
+                                   reference=reference[0] if reference else None)
+        return {"metrics": metrics, "results": results, "weights": weights, "dataset": manifest["dataset"]}
+
+    # 06-benchmark
+
+    def benchmark_extra(self, run: Run, candidates: list[str], *, iterations: int, warmup: int,
+                        backend_options: dict, end_to_end_images: int = 8) -> dict:
+        """End to end per image at batch 1: read, preprocess, graph, host heads, NMS and masks."""
+        model, _ = run.model()
+        images = run.manifest["images"][:max(1, end_to_end_images)]
+        sessions = {name: open_session(run, name, backend_options=backend_options.get(name), uncompiled=True)
+                    for name in candidates}
+        runners = {name: _end_to_end(session, model, images) for name, session in sessions.items()}
+        rows = bench.benchmark(runners, batch_size=1, warmup=min(warmup, 1), iterations=max(len(images), iterations))
+        for session in sessions.values():
+            session.close()
+        return {"end_to_end": rows}
+
+
+PORT = YolactEdgePort()
+
+
+def read_input(run: Run, index: int) -> np.ndarray:
+    """Preprocessed input ``index`` as float32 [3, 550, 550]."""
+    path = run.path("inputs") / f"{index}.bin"
+    data = np.fromfile(path, dtype=np.float32)
+    if data.size != 3 * INPUT_SIZE * INPUT_SIZE:
+        raise ValueError(f"{path}: expected {3 * INPUT_SIZE ** 2} float32 values, found {data.size}")
+    return data.reshape(3, INPUT_SIZE, INPUT_SIZE)
+
+
+def load_image(run: Run, index: int) -> np.ndarray:
+    return read_bgr(run.manifest["images"][index]["path"])
+
+
+def _end_to_end(session, model, images: list[dict]):
+    cycle = itertools.cycle(images)
+
+    def step():
+        im = next(cycle)
+        outputs = session.run({"image": preprocess(read_bgr(im["path"]))[None]})
+        return postprocess(model.head, [outputs[n] for n in OUTPUT_NAMES], [(im["height"], im["width"])])
+
+    return step
+
+
+def accuracy_rows(evaluation: dict) -> list[dict]:
+    """Measured COCO AP (x100) per scored candidate, then the published figure, labelled."""
+    data = evaluation["dataset"]
+    rows = []
+    for name, metrics in evaluation["metrics"].items():
+        if name.startswith("agreement"):
+            continue
+        rows.append({"source": "measured", "backend": name, "bbox mAP": 100 * metrics["bbox"]["AP"],
+                     "segm mAP": 100 * metrics["segm"]["AP"], "weights": weights_label(evaluation["weights"]),
+                     "data": f"{data['kind']}: {data['name']} ({data['images_with_annotations']} images)"})
+    for pub in SPEC.published:
+        if pub.unit == "mAP":
+            rows.append({"source": "published", "backend": pub.device, "bbox mAP": None, "segm mAP": pub.value,
+                         "weights": "official checkpoint", "data": f"{pub.data}; {pub.metric}; {pub.source}"})
+    return rows

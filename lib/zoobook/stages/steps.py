@@ -1,0 +1,360 @@
+"""The stages, written once for every model: each takes a :class:`~zoobook.stages.run.Run`
+and calls its port's hooks (:mod:`zoobook.stages.port`) for what the model does its own way.
+
+Artifacts under ``runs/<profile>/<model>/artifacts/``::
+
+    <port.manifest_file>, <port.data_files>   01-data
+    export.json, <port.onnx_files>            02-export ({graph: {batch: file}})
+    compiled/<backend>.json and artifacts     03-convert ({graph: {batch size: artifact}})
+    outputs/<backend>/<item><suffix>          04-infer (resumable)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from zoobook import bench
+from zoobook.backends import benchmark_candidates, capabilities, get_backend, with_reference
+from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
+from zoobook.export import graph_flops, onnx_io
+from zoobook.resume import file_stamps, resumable_folder
+from zoobook.stages.run import EXPORT_RECORD, Run, compiled_record
+
+# ---------------------------------------------------------------------------------------
+# 01-data
+
+
+def locate_data(run: Run, **params):
+    """The dataset and its provenance (real under ``data/`` when present, else generated)."""
+    return run.port.locate(run, **params)
+
+
+def prepare_data(run: Run, dataset, provenance: dict, **params) -> dict:
+    """Check and preprocess ``dataset`` as the port does; returns the manifest it wrote."""
+    manifest = run.port.prepare(run, dataset, provenance, **params)
+    run.write_json(run.port.manifest_file, manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------
+# 02-export
+
+
+def export(run: Run, *, opset: int = 11, weights: str | None = None, require_official: bool = False,
+           **params) -> dict:
+    """Build the network and load its weights (official if found, else the recipe unless
+    ``require_official``), export the port's graph(s) (traced, simplified with onnxsim, checked
+    with ``onnx.checker``), check each file's names and shapes against the port's, and compare
+    ONNX Runtime with PyTorch per graph on the run's data (the model's fp32 tolerance).
+    ``params`` go to the port's ``export_graphs`` (e.g. batch sizes, a top-k)."""
+    port = run.port
+    model, provenance = port.build(weights, allow_recipe=not require_official)
+    run.use_model(model, provenance)
+    graphs = port.export_graphs(run, model, run.folder, opset=opset, **params)
+    tolerance = port.tolerance("fp32")
+    parity, io, record = [], {}, {}
+    for graph, by_batch in graphs.items():
+        record[graph] = {"onnx": {}, "summaries": {}}
+        for batch, summary in tqdm(by_batch.items(), desc=f"parity {graph}", disable=len(by_batch) < 2):
+            path = Path(summary["path"])
+            found, expected = onnx_io(path), port.expected_io(run, graph, batch)
+            if found != expected:
+                raise AssertionError(f"{path}: graph I/O {found} differs from the port's {expected}")
+            io.setdefault(graph, found)
+            feeds = port.feeds(run, graph, 1 if batch == "*" else int(batch))
+            reference = port.reference_outputs(run, graph, feeds)
+            candidate = OnnxRuntimeSession(path, optimization="disable", **port.backend_defaults.get("onnxruntime", {})
+                                           ).run(feeds)
+            parity += [{**_label(graph, batch, len(graphs), len(by_batch)), **row}
+                       for row in port.compare(graph, reference, candidate, tolerance)]
+            record[graph]["onnx"][batch] = str(path)
+            record[graph]["summaries"][batch] = {k: v for k, v in summary.items() if k != "path"}
+    run.write_json(EXPORT_RECORD, {"weights": provenance, "opset": opset, "graphs": record,
+                                   **port.export_extra(run, **params)})
+    return {"graphs": record, "io": io, "parity": parity, "weights": provenance,
+            "summary": _summary(record)}
+
+
+def _label(graph: str, batch: str, graphs: int, batches: int) -> dict:
+    """The ``graph`` column of a parity row: the graph where a model has several, the batch
+    where a graph has several files or artifacts; nothing where there is one of each."""
+    parts = ([graph] if graphs > 1 else []) + ([f"batch {batch}"] if batches > 1 and batch != "*" else [])
+    return {"graph": ", ".join(parts)} if parts else {}
+
+
+def _summary(record: dict) -> dict:
+    """One line per exported file: graph, batch, nodes, size."""
+    return {f"{graph}" + ("" if batch == "*" else f" (batch {batch})"): summary
+            for graph, entry in record.items() for batch, summary in entry["summaries"].items()}
+
+
+# ---------------------------------------------------------------------------------------
+# 03-convert
+
+
+def convert(run: Run, backend: str = "auto", *, batch_sizes: list[int] | None = None,
+            backend_options: dict | None = None) -> dict:
+    """Compile every exported graph for ``backend`` at each of ``batch_sizes`` (default:
+    the exported ones, or 1 for a dynamic batch) and compare each compiled artifact with
+    plain ONNX Runtime on the exported graph, on the run's data. A dynamic-batch graph is
+    compiled once for a backend without a static batch; a static-batch backend (ATC) gets one
+    artifact per batch size. The tolerance is the model's for the backend's precision. A
+    backend with nothing to compile (the PyTorch reference) records that and returns."""
+    info = capabilities(backend)
+    if not info.compiles:
+        return {"backend": info.name, "artifacts": {}, "parity": [], "device": {},
+                "note": f"{info.name} runs the nn.Module: nothing to compile"}
+    port = run.port
+    options = backend_options or {}
+    engine = get_backend(info.name, **{**port.backend_defaults.get(info.name, {}), **options})
+    folder = run.path("compiled")
+    folder.mkdir(parents=True, exist_ok=True)
+    artifacts: dict[str, dict[str, str]] = {}
+    rewrites: dict[str, dict] = {}
+    jobs = []
+    for graph, entry in run.exported["graphs"].items():
+        dynamic = "*" in entry["onnx"]
+        sizes = [int(bs) for bs in (batch_sizes or run.exported_batch_sizes(graph) or [1])]
+        for bs in sizes:
+            run.onnx(graph, bs)  # an error naming the exported sizes where ``bs`` is not one
+        if dynamic and not info.static_batch:  # one artifact serves every batch size
+            jobs.append((graph, sizes, f"{graph}"))
+        else:
+            jobs += [(graph, [bs], f"{graph}_bs{bs}" if dynamic or len(entry["onnx"]) > 1 else graph) for bs in sizes]
+    for graph, sizes, name in tqdm(jobs, desc=f"compile {info.name}", disable=len(jobs) < 2):
+        source = run.onnx(graph, sizes[0])
+        target, note = port.before_compile(run, info.compiler, source, folder)
+        if note:
+            rewrites[graph] = note
+        shapes = {inp: [sizes[0] if isinstance(d, str) else d for d in dims]
+                  for inp, dims in onnx_io(target)["inputs"].items()}
+        artifact = str(engine.compile(target, folder, input_shapes=shapes, name=name))
+        artifacts.setdefault(graph, {}).update({str(bs): artifact for bs in sizes})
+    record = {"backend": info.name, "options": options, "device": engine.device(), "artifacts": artifacts,
+              "rewrites": rewrites}
+    run.write_json(compiled_record(info.name), record)
+    tolerance = port.tolerance(info.precision)
+    parity = []
+    for graph, by_batch in artifacts.items():
+        checked = set()
+        for bs, artifact in by_batch.items():
+            if artifact in checked:
+                continue
+            checked.add(artifact)
+            feeds = port.feeds(run, graph, int(bs))
+            reference = _run_graph(None, run.onnx(graph, int(bs)), feeds, port, isolated=port.benchmark_isolated)
+            candidate = _run_graph(info.name, artifact, feeds, port, options, isolated=port.benchmark_isolated)
+            parity += [{**_label(graph, bs, len(artifacts), len(set(by_batch.values()))), **row}
+                       for row in port.compare(graph, reference, candidate, tolerance)]
+    return {**record, "parity": parity}
+
+
+def _run_graph(backend: str | None, artifact: str | Path, feeds: dict, port, options: dict | None = None, *,
+               isolated: bool = False) -> dict[str, np.ndarray]:
+    """One run of ``artifact`` on ``feeds``: plain ONNX Runtime without optimisation for
+    ``backend`` None (the exported graph as it is), else the backend's session; in a process
+    of its own where ``isolated`` (large graphs: one session's arena stays out of the next)."""
+    if isolated:
+        return bench.run_isolated(_graph_worker, backend, str(artifact), feeds,
+                                  {**port.backend_defaults.get(backend or "onnxruntime", {}), **(options or {})})[0]
+    return _graph_worker(backend, str(artifact), feeds,
+                         {**port.backend_defaults.get(backend or "onnxruntime", {}), **(options or {})})
+
+
+def _graph_worker(backend: str | None, artifact: str, feeds: dict, options: dict) -> dict[str, np.ndarray]:
+    if backend is None:
+        with OnnxRuntimeSession(artifact, optimization="disable", **options) as session:
+            return session.run(feeds)
+    with get_backend(backend, **options).open(artifact) as session:
+        return session.run(feeds)
+
+
+# ---------------------------------------------------------------------------------------
+# Sessions
+
+
+def open_session(run: Run, backend: str, *, graph: str | None = None, batch_size: int = 1,
+                 backend_options: dict | None = None, uncompiled: bool = False):
+    """A session on ``graph`` for ``backend``: PyTorch running the run's network for the
+    reference, else the artifact 03-convert compiled for ``batch_size``. With
+    ``uncompiled``, a backend that can open ONNX itself (ONNX Runtime) opens the exported
+    graph when 03-convert has not compiled it."""
+    info = capabilities(backend)
+    graph = run.graph_name(graph)
+    if info.reference:
+        return run.port.reference_session(run, graph)
+    options = {**run.port.backend_defaults.get(info.name, {}), **(backend_options or {})}
+    record = run.compiled(info.name)
+    if record is None and uncompiled and info.runs_onnx:
+        return get_backend(info.name, **options).open(run.onnx(graph, batch_size))
+    if record is None:
+        raise FileNotFoundError(f"{run.path(compiled_record(info.name))}: not found; run stage 03-convert of "
+                                f"{run.name} with backend {info.name} first")
+    compiled = record["artifacts"].get(graph, {})
+    artifact = compiled.get(str(batch_size))
+    if artifact is None and compiled and not info.static_batch and run.exported_batch_sizes(graph) is None:
+        artifact = next(iter(compiled.values()))  # one artifact with a dynamic batch serves every size
+    if artifact is None:
+        raise KeyError(f"{run.name}: no {info.name} artifact of {graph} for batch size {batch_size}; converted: "
+                       f"{sorted(record['artifacts'].get(graph, {}), key=int)} (rerun 03-convert with "
+                       "batch_sizes including it)")
+    return get_backend(info.name, **options).open(artifact)
+
+
+# ---------------------------------------------------------------------------------------
+# 04-infer
+
+
+def outputs_dir(run: Run, backend: str) -> Path:
+    return run.path(run.port.output_files.format(backend=backend)).parent
+
+
+def output_path(run: Run, backend: str, item) -> Path:
+    return outputs_dir(run, backend) / f"{run.port.item_name(run, item)}{run.port.output_suffix}"
+
+
+def infer(run: Run, backend: str, *, batch_size: int = 1, resume: bool = True,
+          backend_options: dict | None = None, **params) -> dict:
+    """Run every input through ``backend`` and save its outputs per item
+    (``outputs/<backend>/``), with progress. Batches of ``batch_size``; a last partial batch
+    is padded (with copies of its last item) where the session takes a fixed batch, and the
+    padding's outputs discarded. With ``resume``, items already saved are kept, as long as
+    the data, the weights, the compiled artifacts and the port's own key are those they were
+    made from. A port whose inference is not such a loop (a tracker) gives its own
+    ``infer`` hook, called with the same arguments."""
+    info = capabilities(backend)
+    port = run.port
+    if hasattr(port, "infer"):
+        return port.infer(run, info.name, batch_size=batch_size, resume=resume, backend_options=backend_options,
+                          **params)
+    if params:
+        raise TypeError(f"{run.name}'s 04-infer takes no parameters {sorted(params)}")
+    items = port.items(run)
+    key = {"items": [port.item_name(run, i) for i in items], "dataset": run.dataset,
+           "weights": run.weights["sha256"], "artifacts": file_stamps(run.compiled_files(info.name)),
+           **port.outputs_key(run)}
+    folder = resumable_folder(outputs_dir(run, info.name), key, resume=resume, pattern=f"*{port.output_suffix}")
+    todo = [i for i in items if not output_path(run, info.name, i).is_file()]
+    fixed = info.compiles and (info.static_batch or run.exported_batch_sizes() is not None)
+    start, calls = time.perf_counter(), 0
+    with open_session(run, info.name, batch_size=batch_size, backend_options=backend_options) as session:
+        for first in tqdm(range(0, len(todo), batch_size), desc=f"infer {info.name} bs{batch_size}"):
+            chunk = todo[first:first + batch_size]
+            padded = chunk + [chunk[-1]] * (batch_size - len(chunk)) if fixed else chunk
+            outputs = session.run(port.read_batch(run, padded))
+            calls += 1
+            for row, item in enumerate(chunk):
+                port.save_output(folder / f"{port.item_name(run, item)}{port.output_suffix}",
+                                 {k: v[row:row + 1] for k, v in outputs.items()})
+        device_times = session.device_times_ms()
+    return {"items": len(items), "computed": len(todo), "skipped": len(items) - len(todo), "batch_size": batch_size,
+            "calls": calls, "seconds": round(time.perf_counter() - start, 2),
+            "device_time_ms_total": round(sum(device_times), 3) if device_times else None}
+
+
+def load_outputs(run: Run, backend: str, item) -> dict[str, np.ndarray]:
+    """The outputs 04-infer saved for ``item`` (npz files)."""
+    path = output_path(run, backend, item)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no saved outputs; run 04-infer with backend {backend}")
+    with np.load(path) as data:
+        return {name: data[name] for name in data.files}
+
+
+# ---------------------------------------------------------------------------------------
+# 05-evaluate
+
+
+def evaluate(run: Run, backend: str, *, reference: bool = True, **params) -> dict:
+    """Score ``backend`` (and the PyTorch reference on the same data where ``reference``)
+    with the model's evaluator, and their agreement (the port's ``score`` hook)."""
+    return run.port.score(run, with_reference(capabilities(backend).name, reference), **params)
+
+
+# ---------------------------------------------------------------------------------------
+# 06-benchmark
+
+
+def benchmark(run: Run, backend: str, *, batch_sizes: list[int] | None = None, iterations: int = 10,
+              warmup: int = 2, backend_options: dict | None = None, **params) -> dict:
+    """Time the graph(s) for the PyTorch reference, the embedded default and ``backend`` where
+    it is neither, at each batch size (default: the exported ones, else 1), warm-up excluded:
+    interleaved, one call each in turn, or where the port asks for it each candidate and batch
+    size in a process of its own, with its resident memory once loaded and its peak during the
+    calls (and a linear fit of the peak over the batch size). Then the port's own tables
+    (host steps, end to end, a tracker) from ``params``."""
+    info = capabilities(backend)
+    port = run.port
+    names = benchmark_candidates(info.name)
+    graphs = list(port.benchmark_graphs or run.spec.graphs)
+    rows, failures = [], []
+    for graph in graphs:
+        sizes = list(batch_sizes or run.exported_batch_sizes(graph) or [1])
+        per_image = graph_flops(run.onnx(graph, sizes[0]), 1) / (sizes[0] if run.exported_batch_sizes(graph) else 1)
+        label = {"graph": graph} if len(graphs) > 1 else {}
+        for bs in tqdm(sizes, desc=f"time {graph}", disable=len(sizes) < 2):
+            options = {name: backend_options if name == info.name else None for name in names}
+            if port.benchmark_isolated:
+                found = []
+                for name in names:
+                    try:
+                        row, peak = bench.run_isolated(_timed_worker, run.port, run.profile, name, graph, bs,
+                                                       iterations, warmup, options[name])
+                    except bench.IsolatedRunFailed as err:
+                        failures.append({"candidate": name, "batch_size": bs, **label, "error": str(err)})
+                        continue
+                    found.append({**row, "peak_rss_mb": peak, "run_mb": peak - row["rss_loaded_mb"]})
+            else:
+                sessions = {name: open_session(run, name, graph=graph, batch_size=bs, backend_options=options[name],
+                                               uncompiled=True) for name in names}
+                feeds = port.feeds(run, graph, bs)
+                found = bench.benchmark({n: (lambda s=s: s.run(feeds)) for n, s in sessions.items()}, batch_size=bs,
+                                        warmup=warmup, iterations=iterations,
+                                        device_times={n: s.device_times_ms for n, s in sessions.items()})
+                for session in sessions.values():
+                    session.close()
+            rows += [{**label, **row, "gflop_per_s": per_image * bs / row["mean_ms"] / 1e6} for row in found]
+    out = {"graph": rows, "candidates": names, "failures": failures,
+           "graph_gflop": {g: graph_flops(run.onnx(g, 1 if run.exported_batch_sizes(g) is None
+                                                   else run.exported_batch_sizes(g)[0])) / 1e9 for g in graphs}}
+    if port.benchmark_isolated:
+        out["memory"] = bench.memory_fit(rows)
+    out.update(port.benchmark_extra(run, names, iterations=iterations, warmup=warmup,
+                                    backend_options={info.name: backend_options}, **params))
+    return out
+
+
+def _timed_worker(port, profile: str, candidate: str, graph: str, batch_size: int, iterations: int, warmup: int,
+                  backend_options: dict | None) -> dict:
+    """One candidate at one batch size in a process of its own (see :func:`benchmark`)."""
+    import torch
+
+    torch.set_grad_enabled(False)
+    run = Run(port, profile)
+    feeds = port.feeds(run, graph, batch_size)
+    before = bench.resident_mb()
+    session = open_session(run, candidate, graph=graph, batch_size=batch_size, backend_options=backend_options,
+                           uncompiled=True)
+    loaded = bench.resident_mb()
+    peak_is_run = bench.reset_peak_resident()
+    rows = bench.benchmark({candidate: lambda: session.run(feeds)}, batch_size=batch_size, warmup=warmup,
+                           iterations=iterations, device_times={candidate: session.device_times_ms}, progress=False)
+    session.close()
+    return {**rows[0], "rss_before_load_mb": before, "rss_loaded_mb": loaded,
+            "peak": "during the calls" if peak_is_run else "of the process (loading included)"}
+
+
+def speedup_rows(rows: list[dict], baseline: str | None = None) -> list[dict]:
+    """Per graph, batch size and candidate: the reference's mean latency / the candidate's."""
+    from zoobook.backends import REFERENCE
+
+    baseline = baseline or REFERENCE
+    base = {(r.get("graph"), r["batch_size"]): r["mean_ms"] for r in rows if r["candidate"] == baseline}
+    return [{**({"graph": r["graph"]} if "graph" in r else {}), "candidate": r["candidate"],
+             "batch_size": r["batch_size"], "speedup": base[(r.get("graph"), r["batch_size"])] / r["mean_ms"],
+             "versus": f"{baseline} eager"}
+            for r in rows if r["candidate"] != baseline and (r.get("graph"), r["batch_size"]) in base]
