@@ -74,11 +74,17 @@ def fake_ascend(monkeypatch, tmp_path):
     return tmp_path / "atc.log"
 
 
+_SMOKE_RUNS: dict[str, dict] = {}
+
+
 def run_smoke(model: str) -> dict:
-    """All stages of ``model`` on the smoke profile through papermill: {stage: result}."""
+    """All stages of ``model`` on the smoke profile through papermill: {stage: result}. Run
+    once per test session; the shared stage suite and the model's own tests read the same run."""
     from zoobook.runner import run_model
 
-    return {r.stage: r for r in run_model(model, profile="smoke", backend="auto", timeout=1200)}
+    if model not in _SMOKE_RUNS:
+        _SMOKE_RUNS[model] = {r.stage: r for r in run_model(model, profile="smoke", backend="auto", timeout=1200)}
+    return _SMOKE_RUNS[model]
 
 
 def assert_all_stages_ok(model: str, results: dict) -> None:

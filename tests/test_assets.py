@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from zoobook.data.coco import write_synthetic_coco
-from zoobook.models.yolact_edge import pipeline
+from zoobook.models import open_run
 from zoobook.models.yolact_edge.checkpoint import OFFICIAL_FILENAME, build, recipe_state_dict
+from zoobook.stages import steps
 
 
 def test_full_profile_needs_real_coco():
     with pytest.raises(FileNotFoundError, match="coco/annotations/instances_val2017.json: real COCO val2017 not found"):
-        pipeline.locate_dataset("full", num_images=0, require_real=True)
+        steps.locate_data(open_run("yolact_edge", "full"), num_images=0, require_real=True)
 
 
 def test_full_profile_needs_official_weights():
@@ -26,7 +27,7 @@ def test_assets_under_data_are_used(monkeypatch, tmp_path):
     write_synthetic_coco(tmp_path / "coco", num_images=3, seed=5)  # stands in for real val2017
     (tmp_path / "weights").mkdir()
     torch.save(recipe_state_dict(), tmp_path / "weights" / OFFICIAL_FILENAME)
-    dataset, provenance = pipeline.locate_dataset("full", num_images=0, require_real=True)
+    dataset, provenance = steps.locate_data(open_run("yolact_edge", "full"), num_images=0, require_real=True)
     assert provenance["kind"] == "real" and len(dataset) == 3
     model, weights = build(None, allow_recipe=False)
     assert weights["kind"] == "official" and weights["path"].endswith(OFFICIAL_FILENAME)

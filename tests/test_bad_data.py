@@ -5,7 +5,6 @@ broken the way a user's copy can be."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shutil
@@ -16,6 +15,8 @@ import pytest
 from zoobook.data.cityscapes import CityscapesFormatError, write_synthetic_cityscapes
 from zoobook.data.coco import AnnotationError, write_synthetic_coco
 from zoobook.data.vot import VotFormatError, read_groundtruth, write_synthetic_vot
+from zoobook.models import open_run
+from zoobook.stages import steps
 
 COCO_MODELS = ("yolact_edge", "retinamask")
 
@@ -34,8 +35,9 @@ def esc(path: Path) -> str:
     return re.escape(str(path))
 
 
-def pipeline(model: str):
-    return importlib.import_module(f"zoobook.models.{model}.pipeline")
+def locate(model: str, profile: str, **params):
+    """01-data's dataset location for ``model`` (the stage's first call)."""
+    return steps.locate_data(open_run(model, profile), **params)
 
 
 def snapshot(folder: Path) -> dict:
@@ -59,7 +61,7 @@ def vot(data) -> Path:
 
 
 def locate_vot(num_sequences: int = 0):
-    return pipeline("siammask").locate_dataset("smoke", num_sequences=num_sequences, num_frames=4)
+    return locate("siammask", "smoke", num_sequences=num_sequences, num_frames=4)
 
 
 @pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf"])
@@ -71,10 +73,10 @@ def test_non_finite_groundtruth_value_names_file_and_line(tmp_path, value):
 
 
 def test_vot_nan_groundtruth_fails_01_data_before_anything_is_overwritten(vot):
-    siammask = pipeline("siammask")
+    run = open_run("siammask", "smoke")
     dataset, provenance = locate_vot()
-    siammask.prepare("smoke", dataset, provenance, demo_frames=2)
-    artifacts = siammask.FILES.folder("smoke")
+    steps.prepare_data(run, dataset, provenance, demo_frames=2)
+    artifacts = run.folder
     before = snapshot(artifacts)
     assert {Path("manifest.json"), Path("VOT2016.json")} <= set(before)
     groundtruth = vot / dataset.names[1] / "groundtruth.txt"
@@ -142,7 +144,7 @@ def test_coco_annotations_without_images_folder_refuse_synthetic_fallback(coco, 
     with pytest.raises(FileNotFoundError, match=rf"{esc(coco / 'val2017')}: COCO images folder not found, though "
                                                 rf"{esc(coco / 'annotations/instances_val2017.json')} is there; .*"
                                                 rf"or move {esc(coco)} aside to use the generated set"):
-        pipeline(model).locate_dataset("default")
+        locate(model, "default")
     assert not generated_anything(data)
 
 
@@ -150,7 +152,7 @@ def test_coco_annotations_without_images_folder_refuse_synthetic_fallback(coco, 
 def test_coco_full_profile_names_the_missing_images_folder_not_the_annotation_file(coco, model):
     shutil.rmtree(coco / "val2017")
     with pytest.raises(FileNotFoundError) as error:
-        pipeline(model).locate_dataset("full", num_images=0, require_real=True)
+        locate(model, "full", num_images=0, require_real=True)
     message = str(error.value)
     assert message.startswith(f"{coco / 'val2017'}: COCO images folder not found"), message
     assert "instances_val2017.json: " not in message and "instances_val2017.json is there" in message
@@ -162,16 +164,16 @@ def test_coco_images_without_annotation_file_name_it(coco, data, model):
     annotation.unlink()
     with pytest.raises(FileNotFoundError, match=rf"{esc(annotation)}: COCO annotation file not found, "
                                                 rf"though {esc(coco / 'val2017')} is there"):
-        pipeline(model).locate_dataset("default")
+        locate(model, "default")
     assert not generated_anything(data)
 
 
 def test_coco_missing_image_files_are_named_before_01_data_overwrites(coco):
-    yolact_edge = pipeline("yolact_edge")
-    dataset, provenance = yolact_edge.locate_dataset("smoke", num_images=0)
+    run = open_run("yolact_edge", "smoke")
+    dataset, provenance = steps.locate_data(run, num_images=0)
     assert provenance["kind"] == "real" and len(dataset) == 3
-    yolact_edge.preprocess_dataset("smoke", dataset, provenance)
-    inputs = yolact_edge.FILES.folder("smoke") / "inputs"
+    steps.prepare_data(run, dataset, provenance)
+    inputs = run.folder / "inputs"
     before = snapshot(inputs)
     assert {Path("0.bin"), Path("ids.json"), Path("manifest.json")} <= set(before)
     for name in ("000000000001.jpg", "000000000003.jpg"):
@@ -179,7 +181,7 @@ def test_coco_missing_image_files_are_named_before_01_data_overwrites(coco):
     with pytest.raises(FileNotFoundError, match=rf"{esc(coco / 'val2017')}: 2 of the 3 images listed in "
                                                 rf"{esc(coco / 'annotations/instances_val2017.json')} are missing "
                                                 r"\(000000000001.jpg, 000000000003.jpg\)"):
-        yolact_edge.locate_dataset("smoke", num_images=0)
+        steps.locate_data(run, num_images=0)
     assert snapshot(inputs) == before
 
 
@@ -193,14 +195,14 @@ def test_coco_annotation_file_with_no_images_says_so(coco, model):
     _rewrite(annotation, images=[], annotations=[])
     with pytest.raises(AnnotationError, match=rf"{esc(annotation)}: holds no images "
                                               r"\(its \"images\" list is empty\)"):
-        pipeline(model).locate_dataset("default")
+        locate(model, "default")
 
 
 def test_coco_annotation_file_with_no_annotated_image_says_so(coco):
     annotation = coco / "annotations" / "instances_val2017.json"
     _rewrite(annotation, annotations=[])
     with pytest.raises(AnnotationError, match=rf"{esc(annotation)}: none of its 4 images has an annotation"):
-        pipeline("yolact_edge").locate_dataset("default")
+        locate("yolact_edge", "default")
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,7 +217,7 @@ def cityscapes(data) -> Path:
 
 
 def locate_cityscapes():
-    return pipeline("semask").locate_dataset("smoke", num_images=0, size=(32, 64))
+    return locate("semask", "smoke", num_images=0, size=(32, 64))
 
 
 @pytest.mark.parametrize("absent, present", [("gtFine", "leftImg8bit"), ("leftImg8bit", "gtFine")])

@@ -4,11 +4,16 @@ records and resume, and the Ascend convert step (Cast rewrite, then ATC) with th
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from zoobook.models import open_run
 from zoobook.records import read_record
+from zoobook.stages import steps
 
 from .conftest import assert_all_stages_ok, run_smoke
 
@@ -40,9 +45,7 @@ def test_records_carry_the_three_candidates_and_agreement(smoke_run):
 
 
 def test_original_and_port_conventions_are_kept_apart(smoke_run):
-    from zoobook.models.retinamask import pipeline
-
-    folder = pipeline._artifacts("smoke") / "results"
+    folder = open_run("retinamask", "smoke").path("results")
     original = json.loads((folder / "torch-original_post-processing" / "bbox_detections.json").read_text())
     port = json.loads((folder / "onnxruntime" / "bbox_detections.json").read_text())
     per_image = lambda found: max(np.unique([d["image_id"] for d in found], return_counts=True)[1])  # noqa: E731
@@ -50,34 +53,34 @@ def test_original_and_port_conventions_are_kept_apart(smoke_run):
 
 
 def test_infer_resumes_only_on_the_same_inputs_and_model(smoke_run):
-    from zoobook.models.retinamask import pipeline
-
-    first = pipeline.infer("smoke", "onnxruntime")
-    assert first["computed"] == 0 and first["skipped"] == first["images"]
-    key_file = pipeline.outputs_dir("smoke", "onnxruntime") / "key.json"
+    run = open_run("retinamask", "smoke")
+    first = steps.infer(run, "onnxruntime")
+    assert first["computed"] == 0 and first["skipped"] == first["items"]
+    key_file = steps.outputs_dir(run, "onnxruntime") / "key.json"
     key = json.loads(key_file.read_text())
     key["top_k"] = 7
     key_file.write_text(json.dumps(key))
-    assert pipeline.infer("smoke", "onnxruntime")["computed"] == first["images"]
+    assert steps.infer(run, "onnxruntime")["computed"] == first["items"]
 
 
-def test_ascend_convert_casts_the_rois_then_runs_atc(smoke_run, fake_ascend):
-    """With the FAKE atc: the graph ATC receives is the Cast-rewritten one, at the data's
-    input shape. (The fake ais_bench runs .om files with ONNX Runtime, which refuses the
-    mixed-type RoiAlign of the cast graph, so inference stops at conversion here.)"""
+def test_ascend_convert_casts_the_rois_then_runs_atc(smoke_run, fake_ascend, tmp_path, monkeypatch):
+    """With the FAKE atc, through 03-convert's own step: the graph ATC receives is the
+    Cast-rewritten one, at the data's input shape, and the compiled record says what was
+    rewritten. (The fake ais_bench runs .om files with ONNX Runtime, which refuses the
+    mixed-type RoiAlign of the cast graph, so the step stops at its parity check here.)"""
     import onnx
 
-    from zoobook.backends import get_backend
-    from zoobook.models.retinamask import pipeline
-    from zoobook.models.retinamask.export import cast_roi_inputs_to_fp16
-
-    folder = pipeline._artifacts("smoke") / "compiled-fake"
-    folder.mkdir(exist_ok=True)
-    cast = folder / "retinamask_cast.onnx"
-    cast_roi_inputs_to_fp16(pipeline.onnx_path("smoke"), cast)
-    om = get_backend("ascend", soc_version="Ascend310P3").compile(cast, folder, input_shapes={"image": [1, 3, 320, 320]},
-                                                                  name="retinamask_bs1")
-    assert om.name == "retinamask_bs1.om"
+    smoke = Path(os.environ["ZOOBOOK_RUNS"]) / "smoke" / "retinamask" / "artifacts"
+    copy = tmp_path / "runs" / "smoke" / "retinamask" / "artifacts"
+    shutil.copytree(smoke, copy, copy_function=os.link, ignore=shutil.ignore_patterns("outputs", "compiled", "results"))
+    monkeypatch.setenv("ZOOBOOK_RUNS", str(tmp_path / "runs"))
+    run = open_run("retinamask", "smoke")
+    with pytest.raises(Exception, match="RoiAlign"):
+        steps.convert(run, "ascend", backend_options={"soc_version": "Ascend310P3"})
+    record = run.compiled("ascend")
+    cast = run.path("compiled") / "retinamask_cast.onnx"
+    assert record["artifacts"]["retinamask"]["1"].endswith(".om")
+    assert len(record["rewrites"]["retinamask"]["casts"]) == 3  # P3, P4, P5
     logged = json.loads(fake_ascend.read_text().splitlines()[-1])
     assert f"--model={cast}" in logged and "--input_shape=image:1,3,320,320" in logged
     graph = onnx.load(str(cast)).graph

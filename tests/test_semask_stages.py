@@ -29,14 +29,15 @@ def test_all_six_stages_run_ok_on_smoke(smoke_run):
 
 def test_one_graph_per_batch_size_each_checked_against_torch(smoke_run):
     from zoobook.export import onnx_io
-    from zoobook.models.semask import pipeline
+    from zoobook.models import open_run
 
     export = read_record("smoke", "semask", "02-export")
     assert export["provenance"]["weights"]["kind"] == "recipe" and export["metrics"]["parity_passed"]
     assert [r["graph"] for r in export["tables"]["parity"]] == ["batch 1", "batch 2"]
     assert all(r["agreement"] >= 0.999 for r in export["tables"]["parity"])
+    run = open_run("semask", "smoke")
     for bs in (1, 2):
-        assert onnx_io(pipeline.onnx_path("smoke", bs)) == {"inputs": {"image": [bs, 3, 128, 256]},
+        assert onnx_io(run.onnx(batch_size=bs)) == {"inputs": {"image": [bs, 3, 128, 256]},
                                                             "outputs": {"output": [bs, 128, 256]}}
     convert = read_record("smoke", "semask", "03-convert")
     assert [r["graph"] for r in convert["tables"]["parity"]] == ["batch 1", "batch 2"]
@@ -54,14 +55,17 @@ def _direct_miou(predictions: list[np.ndarray], labels: list[np.ndarray]) -> flo
 
 
 def test_scores_follow_from_the_saved_class_maps(smoke_run):
-    from zoobook.models.semask import pipeline
+    from zoobook.models import open_run
+    from zoobook.models.semask.port import read_label
+    from zoobook.stages import steps
 
-    manifest = pipeline.load_manifest("smoke")
+    run = open_run("semask", "smoke")
+    manifest = run.manifest
     evaluate = read_record("smoke", "semask", "05-evaluate")
     for backend in ("onnxruntime", "torch"):
-        folder = pipeline.outputs_dir("smoke", backend)
+        folder = steps.outputs_dir(run, backend)
         predictions = [cv2.imread(str(folder / f"{im['name']}.png"), cv2.IMREAD_UNCHANGED) for im in manifest["images"]]
-        labels = [pipeline.read_label(manifest, im["index"]) for im in manifest["images"]]
+        labels = [read_label(run, im["index"]) for im in manifest["images"]]
         assert all(p.shape == (128, 256) and p.max() < 19 for p in predictions)
         assert evaluate["metrics"][f"{backend}_mIoU"] == pytest.approx(_direct_miou(predictions, labels), abs=1e-12)
     assert evaluate["metrics"]["pixel_agreement_with_torch"] >= 0.999
@@ -83,27 +87,30 @@ def test_benchmark_reports_throughput_and_memory_per_batch_size(smoke_run):
 
 
 def test_infer_resumes_only_on_the_same_inputs_and_model(smoke_run):
-    from zoobook.models.semask import pipeline
+    from zoobook.models import open_run
+    from zoobook.stages import steps
 
-    first = pipeline.infer("smoke", "onnxruntime", batch_size=2)
+    run = open_run("semask", "smoke")
+    first = steps.infer(run, "onnxruntime", batch_size=2)
     assert first["computed"] == 0 and first["skipped"] == 3
-    key_file = pipeline.outputs_dir("smoke", "onnxruntime") / "key.json"
+    key_file = steps.outputs_dir(run, "onnxruntime") / "key.json"
     key = json.loads(key_file.read_text())
     key["weights"] = "another"
     key_file.write_text(json.dumps(key))
-    again = pipeline.infer("smoke", "onnxruntime", batch_size=2)
+    again = steps.infer(run, "onnxruntime", batch_size=2)
     assert again["computed"] == 3 and again["calls"] == 2  # the last batch padded to the static size
 
 
 def test_prepare_names_an_image_whose_label_differs_in_size(tmp_path):
     from zoobook.data.cityscapes import write_synthetic_cityscapes
-    from zoobook.models.semask import pipeline
+    from zoobook.models import open_run
+    from zoobook.stages import steps
 
     dataset = write_synthetic_cityscapes(tmp_path / "cs", 1, size=(64, 128))
     label = dataset.label_path(0)
     cv2.imwrite(str(label), np.zeros((32, 128), np.uint8))
     with pytest.raises(ValueError, match=f"{dataset.images[0]}.*differ in size"):
-        pipeline.prepare("smoke", dataset, {"kind": "synthetic"}, input_size=(64, 128))
+        steps.prepare_data(open_run("semask", "smoke"), dataset, {"kind": "synthetic"}, input_size=(64, 128))
 
 
 def test_ascend_stages_through_the_notebooks_with_fakes(smoke_run, monkeypatch, tmp_path):

@@ -68,16 +68,17 @@ def test_all_stages_run_ok_on_smoke(smoke_run):
 
 
 def test_records_and_result_files(smoke_run):
-    from zoobook.models.siammask import pipeline
+    from zoobook.models import open_run
+    from zoobook.models.siammask import port
 
+    run = open_run("siammask", "smoke")
     export = read_record("smoke", "siammask", "02-export")
     assert export["provenance"]["weights"]["kind"] == "recipe" and export["metrics"]["parity_passed"]
     assert {r["graph"] for r in export["tables"]["parity"]} == {"mask", "refine", "template", "search"}
     assert read_record("smoke", "siammask", "03-convert")["metrics"]["parity_passed"]
-    manifest = pipeline.load_manifest("smoke")
     for candidate in ("onnxruntime", "torch"):
-        for seq in manifest["sequences"]:
-            regions = vot.read_results(vot.results_path(pipeline.results_folder("smoke", candidate), seq["name"]))
+        for seq in run.manifest["sequences"]:
+            regions = vot.read_results(vot.results_path(port.results_folder(run, candidate), seq["name"]))
             assert len(regions) == seq["frames"] and regions[0] == [1]
     evaluate = read_record("smoke", "siammask", "05-evaluate")
     assert set(evaluate["metrics"]) >= {"onnxruntime", "torch", "agreement", "lockstep"}
@@ -95,11 +96,13 @@ def test_records_and_result_files(smoke_run):
 
 
 def test_tracking_resumes_only_on_the_same_data_and_model(smoke_run):
-    from zoobook.models.siammask import pipeline
+    from zoobook.models import open_run
+    from zoobook.stages import steps
 
-    again = pipeline.track_vot("smoke", "onnxruntime", reference=False)
+    run = open_run("siammask", "smoke")
+    again = steps.infer(run, "onnxruntime", reference=False)
     assert again["onnxruntime"]["sequences"] == {} and again["onnxruntime"]["skipped"]
-    fresh = pipeline.track_vot("smoke", "onnxruntime", reference=False, mode="port")  # another key
+    fresh = steps.infer(run, "onnxruntime", reference=False, mode="port")  # another key
     assert fresh["onnxruntime"]["skipped"] == [] and fresh["onnxruntime"]["sequences"]
 
 
@@ -141,16 +144,17 @@ def test_training_stage_measures_one_and_two_processes(smoke_run):
 def test_the_trained_checkpoint_is_tracked_and_scored(smoke_run):
     """00-train hands its last checkpoint over; 04-infer tracks the VOT sequences with it (the
     base model, mask branch alone) and 05-evaluate scores it, naming the checkpoint."""
-    from zoobook.models.siammask import pipeline
+    from zoobook.models import open_run
+    from zoobook.models.siammask import port
 
-    handed = pipeline.trained_checkpoint("smoke")
+    run = open_run("siammask", "smoke")
+    handed = port.trained_checkpoint(run)
     assert handed["checkpoint"].endswith("train/1p/checkpoint_e2.pth") and handed["processes"] == 1
     infer = read_record("smoke", "siammask", "04-infer")
     assert infer["provenance"]["trained_weights"]["path"] == handed["checkpoint"]
-    manifest = pipeline.load_manifest("smoke")
-    folder = pipeline.trained_results_folder("smoke", infer["provenance"]["trained_weights"])
+    folder = port.trained_results_folder(run, infer["provenance"]["trained_weights"])
     assert folder.name == "Custom_mask_checkpoint_e2"
-    for seq in manifest["sequences"]:
+    for seq in run.manifest["sequences"]:
         lines = vot.read_results(vot.results_path(folder, seq["name"]))
         assert len(lines) == seq["frames"] and lines[0] == [1.0]
     evaluate = read_record("smoke", "siammask", "05-evaluate")

@@ -98,3 +98,84 @@ def test_toc_lists_every_stage_of_every_model_in_order():
         assert chapters[f"book/{model}/index"] == [f"book/{model}/{stage}" for stage in stages], model
         for stage in stages:
             assert (ROOT / "notebooks" / model / f"{stage}.ipynb").is_file()
+
+
+def _code_sources() -> dict[str, str]:
+    """Library modules outside ``backends/`` and the CLI, and every notebook's code cells."""
+    import nbformat
+
+    sources = {str(p.relative_to(ROOT)): p.read_text() for p in (LIB / "zoobook").rglob("*.py")
+               if "backends" not in p.parts and p.name != "cli.py"}
+    for path in (ROOT / "notebooks").rglob("*.ipynb"):
+        cells = nbformat.read(path, as_version=4).cells
+        sources[str(path.relative_to(ROOT))] = "\n".join(c.source for c in cells if c.cell_type == "code")
+    return sources
+
+
+def _names_compared(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, name) of every backend name a comparison tests (==, !=, in, not in)."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        for operand in (node.left, *node.comparators):
+            values = operand.elts if isinstance(operand, (ast.Tuple, ast.List, ast.Set)) else [operand]
+            found += [(node.lineno, v.value) for v in values
+                      if isinstance(v, ast.Constant) and v.value in REGISTRY]
+    return found
+
+
+def test_no_backend_name_is_compared_outside_the_registry_and_the_cli():
+    compared = {name: hits for name, source in _code_sources().items()
+                if (hits := _names_compared(ast.parse(source)))}
+    assert not compared, f"ask zoobook.backends.capabilities() instead: {compared}"
+
+
+def test_the_name_check_finds_a_comparison():
+    assert _names_compared(ast.parse('if backend == "torch" or name in ("onnxruntime", "x"): pass')) == [
+        (1, "torch"), (1, "onnxruntime")]
+
+
+def test_no_model_package_defines_a_stage_function():
+    """Stages are written once (zoobook.stages.steps); a model gives hooks on its port."""
+    from zoobook.stages import steps
+
+    stage_names = {name for name, value in vars(steps).items() if callable(value) and not name.startswith("_")
+                   and getattr(value, "__module__", "") == steps.__name__}
+    stage_names |= {"locate_dataset", "load_manifest", "load_model", "preprocess_dataset", "track_vot", "onnx_path"}
+    defined: dict[str, list[str]] = {}
+    for path in (LIB / "zoobook" / "models").rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name in stage_names:
+                defined.setdefault(node.name, []).append(str(path.relative_to(LIB)))
+    assert not defined, defined
+
+
+def test_every_model_has_a_port_with_its_spec():
+    from zoobook.models import MODELS, get_port, get_spec
+    from zoobook.stages import Port
+
+    for model in MODELS:
+        port = get_port(model)
+        assert isinstance(port, Port) and port.spec is get_spec(model)
+        for stage in get_spec(model).stages:
+            assert port.stage_io(stage).stage == stage
+
+
+def test_a_run_reads_each_record_once(monkeypatch, tmp_path):
+    """What a stage left is read from disk once per run, however often the stage asks."""
+    import json as _json
+
+    from zoobook.models import open_run
+
+    monkeypatch.setenv("ZOOBOOK_RUNS", str(tmp_path))
+    run = open_run("yolact_edge", "smoke")
+    (run.folder / "inputs").mkdir(parents=True)
+    (run.folder / "inputs" / "manifest.json").write_text(_json.dumps({"dataset": {"kind": "synthetic"}, "images": []}))
+    reads = []
+    original = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self.name) or original(self, *a, **k))
+    assert run.manifest is run.manifest and run.dataset == {"kind": "synthetic"}
+    assert reads == ["manifest.json"]
+    with pytest.raises(FileNotFoundError, match="export.json: not found; run stage 02-export of yolact_edge first"):
+        run.exported

@@ -3,6 +3,11 @@
 The executed notebooks of ``runs/<profile>/<model>/`` are copied to ``book/<model>/`` (a
 stage with no run gets a page saying so), ``book/summary.md`` is written from the records
 alone, and ``jupyter-book build`` renders everything (``execute_notebooks: off``).
+
+The summary shows, per model, the tables its spec declares
+(:attr:`~zoobook.stages.spec.ModelSpec.sections`) and nothing else: each under its title and
+note, with its kind's columns and digits, after checking its rows against the kind's
+contract (:data:`~zoobook.stages.spec.SECTION_KINDS`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import nbformat
 from zoobook.models import MODELS, get_spec
 from zoobook.paths import model_run_dir, project_root, runs_dir
 from zoobook.records import read_records
+from zoobook.stages.spec import ModelSpec, Section
 from zoobook.tables import markdown_table
 
 
@@ -46,6 +52,12 @@ def collect_notebooks(profile: str, root: Path) -> list[Path]:
     return pages
 
 
+#: how a dataset's provenance states its size: the keys each dataset reader uses, in order
+#: (VOT: sequences; crop511: videos per set; COCO: annotated images; Cityscapes: count)
+DATA_COUNTS = (("sequences", "{} sequences"), ("frames", "{} frames"), ("videos_per_set", "{} videos per dataset"),
+               ("images_with_annotations", "{} images"), ("count", "{} images"))
+
+
 def _provenance_lines(records: list[dict]) -> list[str]:
     """One line per distinct weights and data provenance found in a model's records."""
     weights, data = {}, {}
@@ -56,21 +68,63 @@ def _provenance_lines(records: list[dict]) -> list[str]:
                 weights[(w.get("kind"), w.get("sha256"))] = (
                     f"**weights**: {w.get('kind')}" + (f", sha256 `{w['sha256'][:16]}`" if w.get("sha256") else "")
                     + (f" — {w['note']}" if w.get("note") else ""))
-        if prov.get("data"):
-            d = prov["data"]
-            if "sequences" in d:
-                count = f"{d['sequences']} sequences, {d.get('frames', '?')} frames"
-            elif "videos_per_set" in d:
-                count = f"{d['videos_per_set']} videos per dataset"
-            else:
-                count = f"{d.get('images_with_annotations', d.get('count', '?'))} images"
-            data[(d.get("kind"), d.get("name"), count)] = f"**data**: {d.get('kind')} — {d.get('name')}, {count}"
+        d = prov.get("data")
+        if d:
+            count = ", ".join(text.format(d[key]) for key, text in DATA_COUNTS if key in d)
+            line = f"**data**: {d.get('kind')} — {d.get('name')}" + (f", {count}" if count else "")
+            data[line] = line
     return [f"- {line}" for line in [*weights.values(), *data.values()]]
 
 
-def _present(rows: list[dict], columns: list[str]) -> list[str]:
-    """The columns of ``columns`` that some row has, in that order."""
-    return [c for c in columns if any(c in r for r in rows)]
+def section_markdown(section: Section, rows: list[dict]) -> list[str]:
+    """``section`` of a record as book lines: its title, its note, and the table with its
+    kind's columns and digits; a table that breaks the contract (rows that are not records,
+    or lack a required column) gets a one-line error in its place."""
+    lines = [f"### {section.title}", ""] + ([section.note, ""] if section.note else [])
+    try:
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"table {section.table!r} of {section.stage} is not a list of rows")
+        section.check(rows)
+    except ValueError as err:
+        return lines + [f"**Not shown, the table breaks its contract**: {err}", ""]
+    return lines + [markdown_table(rows, section.columns(rows), digits=section.decimals), ""]
+
+
+def _stage_rows(spec: ModelSpec, records: dict[str, dict]) -> list[dict]:
+    rows = []
+    for stage in spec.stages:
+        r = records.get(stage)
+        if r is None:
+            rows.append({"stage": stage, "status": "not run"})
+            continue
+        device = (r.get("device") or {}).get("name") or (r.get("machine") or {}).get("host_cpu")
+        rows.append({"stage": f"[{stage}]({spec.name}/{stage}.ipynb)", "status": r["status"],
+                     "backend": r.get("backend"), "device": device,
+                     "seconds": r.get("duration_s"), "error": (r.get("error") or "")[:200]})
+    return rows
+
+
+def model_markdown(spec: ModelSpec, records: dict[str, dict]) -> list[str]:
+    """One model's part of the summary from its records (``{stage: record}``): the stages'
+    status, the provenance, then the sections its spec declares, in the spec's order (those
+    its records hold rows for). Tables a record holds that no section declares are named,
+    not shown."""
+    lines = [f"## {spec.title}", ""]
+    if not records:
+        return lines + ["No stage of this model has run in this profile.", ""]
+    lines += [markdown_table(_stage_rows(spec, records), digits=1), "",
+              *_provenance_lines(list(records.values())), ""]
+    for section in spec.sections:
+        rows = ((records.get(section.stage) or {}).get("tables") or {}).get(section.table)
+        if rows:
+            lines += section_markdown(section, rows)
+    declared = {(s.stage, s.table) for s in spec.sections}
+    undeclared = [f"`{stage}` `{table}`" for stage, r in records.items() for table in (r.get("tables") or {})
+                  if (stage, table) not in declared]
+    if undeclared:
+        lines += [f"Recorded but declared by no section of the model's spec, so not shown: {', '.join(undeclared)}.",
+                  ""]
+    return lines
 
 
 def summary_markdown(profile: str) -> str:
@@ -81,67 +135,7 @@ def summary_markdown(profile: str) -> str:
              "Published figures come from the porting guides and are labelled *published*; every other "
              "number was measured by this run, on the device named beside it.", ""]
     for model in MODELS:
-        spec = get_spec(model)
-        mine = {r["stage"]: r for r in records if r.get("model") == model}
-        lines += [f"## {spec.title}", ""]
-        if not mine:
-            lines += ["No stage of this model has run in this profile.", ""]
-            continue
-        stage_rows = []
-        for stage in spec.stages:
-            r = mine.get(stage)
-            if r is None:
-                stage_rows.append({"stage": stage, "status": "not run"})
-                continue
-            device = r.get("device") or {}
-            stage_rows.append({"stage": f"[{stage}]({model}/{stage}.ipynb)", "status": r["status"],
-                               "backend": r.get("backend"),
-                               "device": device.get("name") or (r.get("machine") or {}).get("host_cpu"),
-                               "seconds": r.get("duration_s"), "error": (r.get("error") or "")[:200]})
-        lines += [markdown_table(stage_rows, digits=1), "", *_provenance_lines(list(mine.values())), ""]
-        for stage, title in (("02-export", "Export: ONNX Runtime against PyTorch"),
-                             ("03-convert", "Convert: compiled model against ONNX")):
-            rows = (mine.get(stage) or {}).get("tables", {}).get("parity")
-            if rows:
-                columns = ["graph", "output", "matched", "agreement", "differing_pixels", "cosine", "max_abs",
-                           "rel_euclidean", "tolerance", "passed"]
-                lines += [f"### {title}", "", markdown_table(rows, _present(rows, columns)), ""]
-        training = (mine.get("00-train") or {}).get("tables", {})
-        if training.get("throughput"):
-            lines += ["### Training", "", markdown_table(training["throughput"], digits=3), ""]
-            if training.get("published"):
-                lines += ["Published (not measured here):", "", markdown_table(training["published"], digits=4), ""]
-        accuracy = (mine.get("05-evaluate") or {}).get("tables", {}).get("accuracy")
-        if accuracy:
-            lines += ["### Accuracy: measured and published", "", markdown_table(accuracy), ""]
-        agreement = (mine.get("05-evaluate") or {}).get("tables", {}).get("agreement")
-        if agreement:
-            lines += ["### Agreement with the PyTorch reference", "", markdown_table(agreement), ""]
-        bench = (mine.get("06-benchmark") or {}).get("tables", {})
-        if bench.get("graph"):
-            isolated = any("rss_loaded_mb" in r for r in bench["graph"])
-            how = "each candidate and batch size in a process of its own" if isolated else "candidates interleaved"
-            lines += ["### Speed", "", f"Graph latency per call (one batch), warm-up excluded, {how}:", "",
-                      markdown_table(bench["graph"], _present(bench["graph"], [
-                          "graph", "candidate", "batch_size", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "throughput",
-                          "gflop_per_s", "rss_loaded_mb", "peak_rss_mb"]), digits=2), ""]
-        if bench.get("end_to_end"):
-            lines += ["End to end per image at batch 1 (read, preprocess, graph, host post-processing):", "",
-                      markdown_table(bench["end_to_end"], ["candidate", "mean_ms", "p50_ms", "p90_ms", "throughput"],
-                                     digits=2), ""]
-        if bench.get("host"):
-            lines += ["Host side per image, outside the graph:", "",
-                      markdown_table(bench["host"], ["candidate", "mean_ms", "p50_ms", "p90_ms"], digits=2), ""]
-        if bench.get("tracker"):
-            lines += ["Whole tracker per frame (crops, graphs, decoding, mask paste, contour):", "",
-                      markdown_table(bench["tracker"], ["candidate", "mean_ms", "p50_ms", "p90_ms", "fps"], digits=2), ""]
-        for key in ("speedup", "derived"):
-            if bench.get(key):
-                lines += ["Derived from the rows above:", "", markdown_table(bench[key], digits=2), ""]
-        if bench.get("failures"):
-            lines += ["Runs that did not finish:", "", markdown_table(bench["failures"]), ""]
-        if bench.get("published"):
-            lines += ["Published (not measured here):", "", markdown_table(bench["published"], digits=2), ""]
+        lines += model_markdown(get_spec(model), {r["stage"]: r for r in records if r.get("model") == model})
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
-"""``zoobook``: run stages, build the book, list models.
+"""``zoobook``: run stages, build the book, list models and what their stages declare.
 
     zoobook list
+    zoobook stages yolact_edge --backend ascend   # per stage: upstream, parameters, reads, writes, inputs
     zoobook run yolact_edge --stages export,convert --backend onnxruntime -p batch_sizes=[1,4]
     zoobook book --profile default            # run every model's stages, then build the book
     zoobook book --no-run                     # build the book from the records already there
@@ -14,6 +15,7 @@ import sys
 import yaml
 
 from zoobook.backends import BACKENDS
+from zoobook.models import MODELS
 from zoobook.paths import PROFILES
 
 
@@ -42,7 +44,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _book(args: argparse.Namespace) -> int:
     from zoobook.book import build_book
-    from zoobook.models import MODELS
     from zoobook.runner import run_model
 
     failed = 0
@@ -57,7 +58,7 @@ def _book(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from zoobook.models import MODELS, get_spec
+    from zoobook.models import get_spec
 
     for name in MODELS:
         spec = get_spec(name)
@@ -65,12 +66,34 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stages(args: argparse.Namespace) -> int:
+    from zoobook.backends import capabilities
+    from zoobook.models import get_spec
+    from zoobook.runner import declaration
+
+    spec, backend = get_spec(args.model), capabilities(args.backend).name
+    print(f"{spec.title}, backend {backend}: reads and writes under runs/<profile>/{spec.name}/artifacts/, "
+          "inputs under the project")
+    undeclared = 0
+    for stage in spec.stages:
+        print(f"\n{stage}")
+        try:
+            io = declaration(spec.name, stage, backend)
+        except (KeyError, ValueError) as err:
+            print(f"  not declared: {err}")
+            undeclared += 1
+            continue
+        for field in ("upstream", "parameters", "reads", "writes", "inputs"):
+            print(f"  {field:11s}{', '.join(getattr(io, field)) or '-'}")
+    return 1 if undeclared else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zoobook", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run stages of one model")
-    run.add_argument("model")
+    run.add_argument("model", choices=MODELS)
     run.add_argument("--stages", help="comma-separated: 02-export, export or 02 (default: all)")
     book = sub.add_parser("book", help="run all models' stages and build the Jupyter Book")
     book.add_argument("--no-run", action="store_true", help="only build the book from existing records")
@@ -82,8 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                      help="override a notebook parameter (YAML value), repeatable")
     sub.add_parser("list", help="list models and their stages")
+    stages = sub.add_parser("stages", help="what each stage of one model depends on, takes, reads and writes")
+    stages.add_argument("model", choices=MODELS)
+    stages.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
+                        help="the backend that {backend} in the paths stands for")
     args = parser.parse_args(argv)
-    return {"run": _run, "book": _book, "list": _list}[args.command](args)
+    return {"run": _run, "book": _book, "list": _list, "stages": _stages}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Each stage notebook ``notebooks/<model>/NN-<stage>.ipynb`` is executed into
 stage parameters and the user's overrides injected (only names the notebook declares in its
 ``parameters`` cell). The notebook writes its own record when it succeeds; when it fails, the
 runner keeps the executed notebook with the error, records the stage as failed, and goes on
-with the other stages.
+with the other stages. :func:`declaration` says what a stage reads, writes and takes.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from zoobook.models import get_spec
+from zoobook.models import get_port, get_spec
 from zoobook.paths import check_profile, model_run_dir, project_root
 from zoobook.records import StageRecorder, read_record
+from zoobook.stages.spec import StageIO
 
 KERNEL_NAME = "zoobook"
 
@@ -44,10 +45,29 @@ def default_kernel() -> str:
     return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
 
 
-def declared_parameters(path: Path) -> set[str]:
+def notebook_parameters(path: Path) -> list[str]:
+    """The names the notebook's ``parameters`` cell declares, in its order."""
     import papermill
 
-    return set(papermill.inspect_notebook(str(path)))
+    return list(papermill.inspect_notebook(str(path)))
+
+
+def declaration(model: str, stage: str, backend: str = "auto") -> StageIO:
+    """What ``stage`` of ``model`` depends on and leaves, as its port declares it
+    (:meth:`~zoobook.stages.port.Port.stage_io`), with ``{backend}`` in its paths resolved
+    for ``backend`` (``auto`` first resolved) and, where the port names none, ``parameters``
+    filled in with those its notebook's ``parameters`` cell declares."""
+    from zoobook.backends import capabilities
+
+    stage = get_spec(model).resolve_stage(stage)
+    io = get_port(model).stage_io(stage)
+    names = notebook_parameters(notebook_path(model, stage))
+    unknown = sorted(set(io.parameters) - set(names))
+    if unknown:
+        raise ValueError(f"{model} {stage}: the port declares parameters its notebook does not take: {unknown}")
+    paths = io.paths(capabilities(backend).name)
+    return replace(io, reads=tuple(paths["reads"]), writes=tuple(paths["writes"]),
+                   parameters=io.parameters or tuple(names))
 
 
 def run_stage(model: str, stage: str, *, profile: str = "default", backend: str = "auto",
@@ -60,7 +80,7 @@ def run_stage(model: str, stage: str, *, profile: str = "default", backend: str 
     source = notebook_path(model, stage)
     output = model_run_dir(check_profile(profile), model) / f"{stage}.ipynb"
     output.parent.mkdir(parents=True, exist_ok=True)
-    declared = declared_parameters(source)
+    declared = set(notebook_parameters(source))
     parameters = {"profile": profile, "backend": backend, **spec.stage_parameters(profile, stage),
                   **(overrides or {})}
     parameters = {k: v for k, v in parameters.items() if k in declared}

@@ -38,7 +38,7 @@ class OnnxRuntimeSession(Session):
         options = ort.SessionOptions()
         options.graph_optimization_level = _level(optimization)
         # the pattern planned on the first run is allocated beside the arena's blocks on the
-        # next: about twice the peak for large activations (see the SeMask pipeline)
+        # next: about twice the peak for large activations (see the SeMask port)
         options.enable_mem_pattern = memory_pattern
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if threads:

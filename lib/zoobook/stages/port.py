@@ -18,7 +18,7 @@ Hooks a port must give (``NotImplementedError`` otherwise):
 
 Hooks with a default that fits most graphs:
 
-- ``graph_module(model, graph)``: the ``nn.Module`` that is ``graph`` (the model itself);
+- ``graph_module(run, model, graph)``: the ``nn.Module`` that is ``graph`` (the model itself);
 - ``expected_io(run, graph, batch)``: the I/O the exported file must have (from the spec);
 - ``reference_outputs(run, graph, feeds)``: PyTorch on ``feeds``;
 - ``compare(graph, reference, candidate, tolerance)``: tensor parity rows (msit metrics);
@@ -27,16 +27,18 @@ Hooks with a default that fits most graphs:
   ``save_output(path, outputs)`` with ``output_suffix``, and ``outputs_key(run)``;
   a port whose inference is not a batch loop (a tracker) gives ``infer(run, backend, ...)``
   instead;
-- 06-benchmark: ``benchmark_graphs``, ``benchmark_isolated`` and
-  ``benchmark_extra(run, candidates, **params)`` for the host, end-to-end and model-specific
-  tables.
+- 06-benchmark: ``benchmark_graphs`` and ``benchmark_extra(run, candidates, *, backend,
+  graph_rows, iterations, warmup, backend_options, **params)`` for the host, end-to-end and
+  model-specific tables (``backend_options``: {candidate: its options}).
 
 Class attributes: ``spec``; ``manifest_file`` (01-data's manifest, relative to the
 artifacts); ``data_files``, ``onnx_files``, ``output_files``, ``evaluate_files`` (glob
 patterns of what 01-data, 02-export, 04-infer and 05-evaluate write, for the stage
 declarations); ``tolerances`` (numeric precision -> :class:`~zoobook.compare.Tolerance`);
 ``backend_defaults`` (backend name -> constructor options this model needs, e.g. ONNX
-Runtime without its memory pattern for large activations).
+Runtime without its memory pattern for large activations); ``isolated`` (run each graph run of
+03-convert and 02-export parity, and each timed candidate of 06-benchmark, in a process of its
+own: for graphs whose memory one process should not accumulate, and to report each one's peak).
 """
 
 from __future__ import annotations
@@ -63,10 +65,10 @@ class Port:
     weights_file: str = ""
     tolerances: dict[str, Tolerance] = {"fp32": Tolerance(atol=1e-3, rtol=1e-4), "fp16": Tolerance()}
     backend_defaults: dict[str, dict] = {}
-    #: graphs 06-benchmark times (all by default) and whether each candidate runs in a
-    #: process of its own (for models whose memory peak is worth reporting)
+    #: graphs 06-benchmark times (all by default)
     benchmark_graphs: tuple[str, ...] | None = None
-    benchmark_isolated: bool = False
+    #: graph runs (parity, timing) each in a process of its own, with its memory peak
+    isolated: bool = False
 
     # weights and data --------------------------------------------------------------------
 
@@ -88,7 +90,8 @@ class Port:
         """Keys the model adds to the export record (e.g. a top-k the graph was cut at)."""
         return {}
 
-    def graph_module(self, model, graph: str):
+    def graph_module(self, run, model, graph: str):
+        """The ``nn.Module`` that is ``graph``, built on ``model`` (the run's network)."""
         return model
 
     def expected_io(self, run, graph: str, batch: str) -> dict:
@@ -102,7 +105,7 @@ class Port:
         from zoobook.backends.torch_backend import TorchSession
 
         spec = self.spec.graphs[graph]
-        return TorchSession(self.graph_module(run.model()[0], graph), list(spec.inputs), list(spec.outputs))
+        return TorchSession(self.graph_module(run, run.model()[0], graph), list(spec.inputs), list(spec.outputs))
 
     def reference_outputs(self, run, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.reference_session(run, graph).run(feeds)
@@ -145,8 +148,10 @@ class Port:
 
     # 06-benchmark -------------------------------------------------------------------------
 
-    def benchmark_extra(self, run, candidates: list[str], **params) -> dict[str, list[dict]]:
-        """Tables 06-benchmark adds to the graph timings: host steps, end to end, a tracker."""
+    def benchmark_extra(self, run, candidates: list[str], *, backend: str, graph_rows: list[dict], iterations: int,
+                        warmup: int, backend_options: dict, **params) -> dict[str, list[dict]]:
+        """Tables 06-benchmark adds to the graph timings (``graph_rows``): host steps, end to
+        end, a tracker. ``backend_options``: {candidate: its constructor options or None}."""
         return {}
 
     # declarations -------------------------------------------------------------------------

@@ -37,6 +37,7 @@ class Run:
         self.profile = check_profile(profile)
         self._json: dict[str, dict] = {}
         self._model: tuple[Any, dict] | None = None
+        self._memo: dict[Any, Any] = {}
 
     def __repr__(self) -> str:
         return f"Run({self.name!r}, profile={self.profile!r})"
@@ -75,6 +76,14 @@ class Run:
         """Drop what was loaded, so that the next access reads the files afresh."""
         self._json.clear()
         self._model = None
+        self._memo.clear()
+
+    def memo(self, key: Any, make):
+        """``make()``, computed once per run and network (a port's inputs made with the
+        network, a reference's outputs): kept until :meth:`forget` or :meth:`use_model`."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     # what the stages left ---------------------------------------------------------------
 
@@ -145,8 +154,10 @@ class Run:
             weights = self.weights
             recipe = weights["kind"] == "recipe"
             self._model = self.port.build(None if recipe else weights["path"], allow_recipe=recipe)
+            self._memo.clear()
         return self._model
 
     def use_model(self, model: Any, provenance: dict) -> None:
         """Keep ``model`` as this run's network (02-export, which built it, hands it on)."""
         self._model = (model, provenance)
+        self._memo.clear()

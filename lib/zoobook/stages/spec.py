@@ -75,13 +75,14 @@ SECTION_KINDS: dict[str, SectionKind] = {
 class Section:
     """One table of one stage's record, as the book shows it: ``stage``'s record
     ``tables[table]``, of kind ``kind`` (see :data:`SECTION_KINDS`), under ``title``, with
-    ``note`` beneath the title."""
+    ``note`` beneath the title, its numbers to ``digits`` decimals (the kind's by default)."""
 
     stage: str
     table: str
     kind: str
     title: str
     note: str = ""
+    digits: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SECTION_KINDS:
@@ -96,6 +97,10 @@ class Section:
             if missing:
                 raise ValueError(f"table {self.table!r} ({self.kind}) of {self.stage}: row {number} lacks {missing}")
         return rows
+
+    @property
+    def decimals(self) -> int:
+        return SECTION_KINDS[self.kind].digits if self.digits is None else self.digits
 
     def columns(self, rows: list[dict]) -> list[str] | None:
         """The kind's columns that some row has, in order; None for every column."""
@@ -115,7 +120,7 @@ COMMON_SECTIONS = (
             "Per image at batch 1: read, preprocess, graph, host post-processing."),
     Section("06-benchmark", "host", "speed", "Host side", "Per image, outside the graph."),
     Section("06-benchmark", "failures", "failures", "Runs that did not finish"),
-    Section("06-benchmark", "published", "published", "Published speed (not measured here)"),
+    Section("06-benchmark", "published", "published", "Published speed (not measured here)", digits=2),
 )
 
 

@@ -55,26 +55,27 @@ def export(run: Run, *, opset: int = 11, weights: str | None = None, require_off
     model, provenance = port.build(weights, allow_recipe=not require_official)
     run.use_model(model, provenance)
     graphs = port.export_graphs(run, model, run.folder, opset=opset, **params)
+    record = {graph: {"onnx": {batch: str(summary["path"]) for batch, summary in by_batch.items()},
+                      "summaries": {batch: {k: v for k, v in summary.items() if k != "path"}
+                                    for batch, summary in by_batch.items()}}
+              for graph, by_batch in graphs.items()}
+    # written before the checks, so that the hooks below see it (run.exported); a check that
+    # fails fails the stage, and its record says so
+    run.write_json(EXPORT_RECORD, {"weights": provenance, "opset": opset, "graphs": record,
+                                   **port.export_extra(run, **params)})
     tolerance = port.tolerance("fp32")
-    parity, io, record = [], {}, {}
-    for graph, by_batch in graphs.items():
-        record[graph] = {"onnx": {}, "summaries": {}}
-        for batch, summary in tqdm(by_batch.items(), desc=f"parity {graph}", disable=len(by_batch) < 2):
-            path = Path(summary["path"])
+    parity, io = [], {}
+    for graph, by_batch in record.items():
+        for batch, path in tqdm(by_batch["onnx"].items(), desc=f"parity {graph}", disable=len(by_batch["onnx"]) < 2):
             found, expected = onnx_io(path), port.expected_io(run, graph, batch)
             if found != expected:
                 raise AssertionError(f"{path}: graph I/O {found} differs from the port's {expected}")
             io.setdefault(graph, found)
             feeds = port.feeds(run, graph, 1 if batch == "*" else int(batch))
             reference = port.reference_outputs(run, graph, feeds)
-            candidate = OnnxRuntimeSession(path, optimization="disable", **port.backend_defaults.get("onnxruntime", {})
-                                           ).run(feeds)
-            parity += [{**_label(graph, batch, len(graphs), len(by_batch)), **row}
+            candidate = _run_graph(None, path, feeds, port, isolated=port.isolated)
+            parity += [{**_label(graph, batch, len(record), len(by_batch["onnx"])), **row}
                        for row in port.compare(graph, reference, candidate, tolerance)]
-            record[graph]["onnx"][batch] = str(path)
-            record[graph]["summaries"][batch] = {k: v for k, v in summary.items() if k != "path"}
-    run.write_json(EXPORT_RECORD, {"weights": provenance, "opset": opset, "graphs": record,
-                                   **port.export_extra(run, **params)})
     return {"graphs": record, "io": io, "parity": parity, "weights": provenance,
             "summary": _summary(record)}
 
@@ -107,7 +108,7 @@ def convert(run: Run, backend: str = "auto", *, batch_sizes: list[int] | None = 
     info = capabilities(backend)
     if not info.compiles:
         return {"backend": info.name, "artifacts": {}, "parity": [], "device": {},
-                "note": f"{info.name} runs the nn.Module: nothing to compile"}
+                "note": f"{info.name} runs the nn.Module eagerly: nothing to compile"}
     port = run.port
     options = backend_options or {}
     engine = get_backend(info.name, **{**port.backend_defaults.get(info.name, {}), **options})
@@ -146,8 +147,8 @@ def convert(run: Run, backend: str = "auto", *, batch_sizes: list[int] | None = 
                 continue
             checked.add(artifact)
             feeds = port.feeds(run, graph, int(bs))
-            reference = _run_graph(None, run.onnx(graph, int(bs)), feeds, port, isolated=port.benchmark_isolated)
-            candidate = _run_graph(info.name, artifact, feeds, port, options, isolated=port.benchmark_isolated)
+            reference = _run_graph(None, run.onnx(graph, int(bs)), feeds, port, isolated=port.isolated)
+            candidate = _run_graph(info.name, artifact, feeds, port, options, isolated=port.isolated)
             parity += [{**_label(graph, bs, len(artifacts), len(set(by_batch.values()))), **row}
                        for row in port.compare(graph, reference, candidate, tolerance)]
     return {**record, "parity": parity}
@@ -291,14 +292,14 @@ def benchmark(run: Run, backend: str, *, batch_sizes: list[int] | None = None, i
     port = run.port
     names = benchmark_candidates(info.name)
     graphs = list(port.benchmark_graphs or run.spec.graphs)
+    options = {name: backend_options if name == info.name else None for name in names}
     rows, failures = [], []
     for graph in graphs:
         sizes = list(batch_sizes or run.exported_batch_sizes(graph) or [1])
-        per_image = graph_flops(run.onnx(graph, sizes[0]), 1) / (sizes[0] if run.exported_batch_sizes(graph) else 1)
+        per_image = _flops_per_image(run, graph)
         label = {"graph": graph} if len(graphs) > 1 else {}
         for bs in tqdm(sizes, desc=f"time {graph}", disable=len(sizes) < 2):
-            options = {name: backend_options if name == info.name else None for name in names}
-            if port.benchmark_isolated:
+            if port.isolated:
                 found = []
                 for name in names:
                     try:
@@ -319,13 +320,19 @@ def benchmark(run: Run, backend: str, *, batch_sizes: list[int] | None = None, i
                     session.close()
             rows += [{**label, **row, "gflop_per_s": per_image * bs / row["mean_ms"] / 1e6} for row in found]
     out = {"graph": rows, "candidates": names, "failures": failures,
-           "graph_gflop": {g: graph_flops(run.onnx(g, 1 if run.exported_batch_sizes(g) is None
-                                                   else run.exported_batch_sizes(g)[0])) / 1e9 for g in graphs}}
-    if port.benchmark_isolated:
+           "graph_gflop": {g: _flops_per_image(run, g) / 1e9 for g in graphs}}
+    if port.isolated:
         out["memory"] = bench.memory_fit(rows)
-    out.update(port.benchmark_extra(run, names, iterations=iterations, warmup=warmup,
-                                    backend_options={info.name: backend_options}, **params))
+    out.update(port.benchmark_extra(run, names, backend=info.name, graph_rows=rows, iterations=iterations,
+                                    warmup=warmup, backend_options={name: options[name] for name in names},
+                                    **params))
     return out
+
+
+def _flops_per_image(run: Run, graph: str) -> float:
+    """The graph's counted FLOP per image (a static file counts its whole batch)."""
+    sizes = run.exported_batch_sizes(graph)
+    return graph_flops(run.onnx(graph, sizes[0] if sizes else 1)) / (sizes[0] if sizes else 1)
 
 
 def _timed_worker(port, profile: str, candidate: str, graph: str, batch_size: int, iterations: int, warmup: int,

@@ -1,10 +1,11 @@
 """RetinaMask R-50-FPN (COCO detection and instance segmentation), as ported to Ascend.
 
-See ``network.py`` (graph), ``checkpoint.py`` (weights) and ``postprocess.py`` (the
-original post-processing and the port's).
+See ``network.py`` (graph), ``checkpoint.py`` (weights), ``preprocess.py``,
+``postprocess.py`` (the original post-processing and the port's), ``export.py`` (the port's
+graph) and ``port.py`` (its hooks over the shared stages, :mod:`zoobook.stages`).
 """
 
-from zoobook.stages.spec import GraphSpec, ModelSpec, Published
+from zoobook.stages.spec import GraphSpec, ModelSpec, Published, Section
 
 #: the port's graph: batch 1, input 1344x1344 (BGR minus mean, padded), no NMS inside
 GRAPH = GraphSpec(
@@ -16,6 +17,21 @@ _PORT = "Ascend/ModelZoo-PyTorch ACL_PyTorch/contrib/cv/detection/RetinaMask REA
 _TRAIN = "Ascend/ModelZoo-PyTorch PyTorch/contrib/cv/detection/RetinaMask README"
 _AUTHORS = "chengyangfu/retinamask README"
 _CKPT = "checkpoint npu_8P_model_0020001.pth (8 NPUs, ~20k iterations)"
+
+#: what the book's summary shows of the records, in this order
+SECTIONS = (
+    Section("02-export", "parity", "parity", "Export: ONNX Runtime against PyTorch"),
+    Section("03-convert", "parity", "parity", "Convert: compiled model against ONNX"),
+    Section("05-evaluate", "accuracy", "accuracy", "Accuracy: measured and published"),
+    Section("05-evaluate", "agreement", "agreement", "Agreement with the PyTorch reference"),
+    Section("06-benchmark", "graph", "speed", "Speed of the graph",
+            "Latency per call at batch 1, warm-up excluded, candidates interleaved call by call."),
+    Section("06-benchmark", "end_to_end", "speed", "Speed end to end",
+            "Per image at batch 1: read, resize, graph, the port's host post-processing."),
+    Section("06-benchmark", "host", "speed", "Host side",
+            "The port's host post-processing alone, per image: NMS, rescale, 100 mask pastes."),
+    Section("06-benchmark", "published", "published", "Published speed (not measured here)", digits=2),
+)
 
 SPEC = ModelSpec(
     name="retinamask",
@@ -37,6 +53,7 @@ SPEC = ModelSpec(
         Published("the port's graph, batch 1", 4.3, "FPS", "Ascend 310P", _PORT, 1),
         Published("end to end with masks, 0.139 s per image", 7.19, "FPS", "GTX 1080 Ti", _AUTHORS, 1),
     ),
+    sections=SECTIONS,
     profiles={
         "smoke": {"01-data": {"num_images": 2, "input_size": 320}, "02-export": {"top_k": 100},
                   "06-benchmark": {"iterations": 2, "warmup": 1, "images": 1}},

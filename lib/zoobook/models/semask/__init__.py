@@ -1,10 +1,10 @@
 """SeMask-S FPN (Cityscapes semantic segmentation), as ported to Ascend.
 
 See ``network.py`` (graph), ``checkpoint.py`` (weights), ``export.py`` (the port's graph and
-its normalisation) and ``pipeline.py`` (the stages).
+its normalisation) and ``port.py`` (its hooks over the shared stages, :mod:`zoobook.stages`).
 """
 
-from zoobook.stages.spec import GraphSpec, ModelSpec, Published
+from zoobook.stages.spec import GraphSpec, ModelSpec, Published, Section
 
 #: the port's graph: one static batch size per graph, whole 1024 x 2048 image, arg-max inside
 GRAPH = GraphSpec(inputs={"image": ("bs", 3, 1024, 2048)}, outputs={"output": ("bs", 1024, 2048)})
@@ -13,6 +13,24 @@ _PORT = "Ascend/ModelZoo-PyTorch ACL_PyTorch/contrib/cv/segmentation/SeMask READ
 _AUTHORS = "Picsart-AI-Research/SeMask-Segmentation README (SeMask-FPN)"
 _CKPT = "SeMask-S FPN Cityscapes checkpoint"
 _VAL = "Cityscapes val (500 images), whole 1024 x 2048 image"
+
+#: what the book's summary shows of the records, in this order
+SECTIONS = (
+    Section("02-export", "parity", "parity", "Export: ONNX Runtime against PyTorch"),
+    Section("03-convert", "parity", "parity", "Convert: compiled model against ONNX"),
+    Section("05-evaluate", "accuracy", "accuracy", "Accuracy: measured and published"),
+    Section("05-evaluate", "agreement", "agreement", "Agreement with the PyTorch reference"),
+    Section("06-benchmark", "graph", "speed", "Speed and memory of the graph",
+            "Latency per call (one batch), warm-up excluded, each candidate and batch size in a process of its "
+            "own, with its resident memory once loaded and its peak during the calls."),
+    Section("06-benchmark", "host", "speed", "Host side", "Per image, outside the graph: read the PNG, normalise."),
+    Section("06-benchmark", "derived", "memory", "Peak memory against the batch size",
+            "Per candidate: a linear fit of the peak over the batch sizes measured, extrapolated (where a port "
+            "may run out of memory)."),
+    Section("06-benchmark", "failures", "failures", "Runs that did not finish",
+            "A process that died (for memory, most likely); the other runs went on."),
+    Section("06-benchmark", "published", "published", "Published speed (not measured here)", digits=2),
+)
 
 SPEC = ModelSpec(
     name="semask",
@@ -30,6 +48,7 @@ SPEC = ModelSpec(
         *(Published("the port's graph (ais_bench)", fps, "FPS", "Ascend 310P3", _PORT, bs)
           for bs, fps in ((1, 4.72), (4, 4.37), (8, 4.13))),
     ),
+    sections=SECTIONS,
     profiles={
         "smoke": {"01-data": {"num_images": 3, "input_size": [128, 256]}, "02-export": {"batch_sizes": [1, 2]},
                   "04-infer": {"batch_size": 2}, "06-benchmark": {"iterations": 1, "warmup": 0}},

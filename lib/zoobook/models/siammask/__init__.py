@@ -1,12 +1,13 @@
 """SiamMask (VOT "sharp" model): tracking and video object segmentation, as ported to Ascend.
 
 See ``network.py`` (graphs), ``checkpoint.py`` (weights), ``tracker.py`` (the VOT tracker),
-``export.py`` (the port's two graphs and the template-once split), and for the base stage's
+``export.py`` (the port's two graphs and the template-once split), ``port.py`` (its hooks
+over the shared stages, :mod:`zoobook.stages`), and for the base stage's
 training ``training.py`` (targets, losses), ``train_data.py`` (pairs), ``train.py`` (the loop
 and its entry point) and ``train_stage.py`` (00-train).
 """
 
-from zoobook.stages.spec import GraphSpec, ModelSpec, Published
+from zoobook.stages.spec import GraphSpec, ModelSpec, Published, Section
 
 SEARCH_OUTPUTS = {"score": (1, 10, 25, 25), "delta": (1, 20, 25, 25), "mask": (1, 3969, 25, 25),
                   "f0": (1, 64, 125, 125), "f1": (1, 256, 63, 63), "f2": (1, 512, 31, 31),
@@ -28,6 +29,30 @@ _PORT = "Ascend/ModelZoo-PyTorch ACL_PyTorch/contrib/cv/segmentation/SiamMask RE
 _VOT = "VOT2016 (60 sequences), the repository's evaluator, interval [100, 356]"
 _TRAIN = "Ascend/ModelZoo-PyTorch PyTorch/built-in/cv/object_tracking/SiamMask_for_Pytorch README"
 _TRAIN_DATA = "YouTube-VOS, VID, COCO, DET crop511; 20 epochs of 600,000 pairs, batch 64 per device"
+
+#: what the book's summary shows of the records, in this order
+SECTIONS = (
+    Section("00-train", "throughput", "training", "Training",
+            "Samples per second over all processes (each epoch's first iterations left out), with the trunk "
+            "frozen and training; the first and the last epoch's mean loss."),
+    Section("00-train", "per_epoch", "training", "Training per epoch",
+            "Learning rate, whether the trunk trained, each loss part's mean and samples per second."),
+    Section("00-train", "published", "published", "Published training figures (not measured here)"),
+    Section("02-export", "parity", "parity", "Export: ONNX Runtime against PyTorch"),
+    Section("03-convert", "parity", "parity", "Convert: compiled model against ONNX"),
+    Section("05-evaluate", "accuracy", "accuracy", "Accuracy: measured and published"),
+    Section("05-evaluate", "agreement", "agreement", "Agreement with the PyTorch reference"),
+    Section("06-benchmark", "graph", "speed", "Speed of each graph",
+            "Each graph alone at batch 1 on the tracker's crops of the demo clip: latency per call, warm-up "
+            "excluded, candidates interleaved call by call."),
+    Section("06-benchmark", "tracker", "speed", "Speed of the whole tracker",
+            "Whole tracker per frame on the demo clip: crops, graphs, decoding, mask paste, contour (frames "
+            "decoded beforehand)."),
+    Section("06-benchmark", "derived", "derived", "Derived from the graph latencies",
+            "What the template-once split saves per frame, and model-only frame rates: 1000 / (mask + refine) and "
+            "the port's parse.py formula (that value × 4)."),
+    Section("06-benchmark", "published", "published", "Published speed (not measured here)", digits=2),
+)
 
 SPEC = ModelSpec(
     name="siammask",
@@ -57,6 +82,7 @@ SPEC = ModelSpec(
         Published("final training loss after 20 epochs", 2.5940, "loss", "Ascend NPU", _TRAIN, None,
                   data=_TRAIN_DATA),
     ),
+    sections=SECTIONS,
     profiles={
         "smoke": {"00-train": {"epochs": 2, "batch_size": 2, "pairs": 4, "videos": 2, "frames": 3},
                   "01-data": {"num_sequences": 1, "num_frames": 30, "demo_frames": 6},

@@ -1,9 +1,10 @@
 """SiamMask 00-train as library calls: the training data, runs on 1 and N processes through the
 one entry point (``python -m zoobook.models.siammask.train``, under ``torchrun`` for N), and
-what the notebook shows of them.
+what the notebook shows of them. Each takes the :class:`~zoobook.stages.Run` the notebook
+opened (``open_run("siammask", profile)``).
 
 Artifacts: ``runs/<profile>/siammask/artifacts/train/<N>p/`` (checkpoints, ``train_log.json``)
-and ``train/checkpoint.json``, the checkpoint handed to the inference stages.
+and ``train/checkpoint.json`` (:data:`HANDOFF`), the checkpoint handed to the inference stages.
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from zoobook.artifacts import Artifacts
-from zoobook.data.crop511 import BASE_SUBSETS, write_synthetic_crop511
 from zoobook.atomic import write_json_atomic
+from zoobook.data.crop511 import BASE_SUBSETS, write_synthetic_crop511
 from zoobook.resume import generated_once
+from zoobook.stages import Run
 
-FILES = Artifacts("siammask")
 REAL_ROOT = "siammask_train"  # data/siammask_train/<dataset>/crop511 and the indexes
+#: the checkpoint 00-train hands to 04-infer and 05-evaluate, relative to the artifacts
+HANDOFF = "train/checkpoint.json"
 
 
-def locate_training_data(profile: str, *, videos: int = 8, frames: int = 8, require_real: bool = False,
-                         seed: int = 0) -> tuple[Path, dict]:
+def training_data(run: Run, *, videos: int = 8, frames: int = 8, require_real: bool = False,
+                  seed: int = 0) -> tuple[Path, dict]:
     """Real crop511 datasets under ``data/siammask_train`` when any is there, else a generated
     set of the four datasets in that layout under ``runs/<profile>/datasets/``."""
     from zoobook.paths import data_dir, runs_dir
@@ -36,7 +38,7 @@ def locate_training_data(profile: str, *, videos: int = 8, frames: int = 8, requ
         return real, {"kind": "real", "name": f"crop511 training sets: {', '.join(present)}", "root": str(real)}
     if require_real:
         raise FileNotFoundError(f"{real}: no crop511 training set (<dataset>/crop511 with its index) found")
-    root = runs_dir() / profile / "datasets" / f"siammask-crop511-{videos}x{frames}-s{seed}"
+    root = runs_dir() / run.profile / "datasets" / f"siammask-crop511-{videos}x{frames}-s{seed}"
     meta = {"videos": videos, "frames": frames, "seed": seed}
 
     def generate():
@@ -49,27 +51,27 @@ def locate_training_data(profile: str, *, videos: int = 8, frames: int = 8, requ
                   "seed": seed}
 
 
-def handoff_path(profile: str) -> Path:
+def handoff_path(run: Run) -> Path:
     """Where 00-train names the checkpoint the tracking stages take."""
-    return FILES.folder(profile) / "train" / "checkpoint.json"
+    return run.path(HANDOFF)
 
 
-def handed_over(profile: str) -> dict | None:
+def handed_over(run: Run) -> dict | None:
     """What 00-train handed over, None when it has not run."""
-    path = handoff_path(profile)
+    path = handoff_path(run)
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_folder(profile: str, processes: int) -> Path:
-    return FILES.folder(profile) / "train" / f"{processes}p"
+def run_folder(run: Run, processes: int) -> Path:
+    return run.path("train") / f"{processes}p"
 
 
-def run_training(profile: str, data_root: str | Path, *, processes: int = 1, preset: str = "reference",
+def run_training(run: Run, data_root: str | Path, *, processes: int = 1, preset: str = "reference",
                  epochs: int = 4, batch_size: int = 8, pairs: int = 64, seed: int = 0, amp: bool | None = None,
                  resume: bool = False) -> dict:
     """Train with ``processes`` processes (one: plain Python; more: torchrun with gloo on a
     CPU), the CPU's cores shared among them; returns the run's log."""
-    out = run_folder(profile, processes)
+    out = run_folder(run, processes)
     if out.exists() and not resume:
         shutil.rmtree(out)
     args = ["-m", "zoobook.models.siammask.train", "--data", str(data_root), "--out", str(out), "--preset", preset,
@@ -118,17 +120,18 @@ def epoch_rows(logs: dict[int, dict], parts: tuple[str, ...] = ("loss", "cls", "
             for processes, log in logs.items() for e in log["epochs"]]
 
 
-def hand_off(profile: str, processes: int, data: dict) -> dict:
+def hand_off(run: Run, processes: int, data: dict) -> dict:
     """Name the last checkpoint of the ``processes`` run as the one the inference stages take."""
     from zoobook.models.siammask.train import latest_checkpoint
 
-    checkpoint = latest_checkpoint(run_folder(profile, processes))
+    folder = run_folder(run, processes)
+    checkpoint = latest_checkpoint(folder)
     if checkpoint is None:
-        raise FileNotFoundError(f"{run_folder(profile, processes)}: no checkpoint; the training did not finish")
-    log = json.loads((run_folder(profile, processes) / "train_log.json").read_text())
+        raise FileNotFoundError(f"{folder}: no checkpoint; the training did not finish")
+    log = json.loads((folder / "train_log.json").read_text())
     record = {"checkpoint": str(checkpoint), "processes": processes, "epochs": len(log["epochs"]),
               "preset": log["preset"]["name"], "data": data}
-    write_json_atomic(handoff_path(profile), record)
+    write_json_atomic(handoff_path(run), record)
     return record
 
 

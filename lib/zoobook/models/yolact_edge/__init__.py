@@ -1,10 +1,11 @@
 """YolactEdge R-50-FPN (COCO instance segmentation), as ported to Ascend.
 
 See ``network.py`` (graph), ``checkpoint.py`` (weights), ``preprocess.py``,
-``postprocess.py`` (heads, priors, fast NMS, masks) and ``pipeline.py`` (the stages).
+``postprocess.py`` (heads, priors, fast NMS, masks) and ``port.py`` (its hooks over the
+shared stages, :mod:`zoobook.stages`).
 """
 
-from zoobook.stages.spec import GraphSpec, ModelSpec, Published
+from zoobook.stages.spec import GraphSpec, ModelSpec, Published, Section
 
 _PORT = "Ascend/ModelZoo-PyTorch ACL_PyTorch/built-in/cv/YolactEdge_for_PyTorch README"
 
@@ -12,6 +13,21 @@ GRAPH = GraphSpec(
     inputs={"image": ("bs", 3, 550, 550)},
     outputs={"output0": ("bs", 256, 69, 69), "output1": ("bs", 256, 35, 35), "output2": ("bs", 256, 18, 18),
              "output3": ("bs", 256, 9, 9), "output4": ("bs", 256, 5, 5), "output5": ("bs", 138, 138, 32)},
+)
+
+#: what the book's summary shows of the records, in this order
+SECTIONS = (
+    Section("02-export", "parity", "parity", "Export: ONNX Runtime against PyTorch"),
+    Section("03-convert", "parity", "parity", "Convert: compiled model against ONNX"),
+    Section("05-evaluate", "accuracy", "accuracy", "Accuracy: measured and published"),
+    Section("05-evaluate", "agreement", "agreement", "Agreement with the PyTorch reference"),
+    Section("06-benchmark", "graph", "speed", "Speed of the graph",
+            "Latency per call (one batch), warm-up excluded, candidates interleaved call by call."),
+    Section("06-benchmark", "end_to_end", "speed", "Speed end to end",
+            "Per image at batch 1: read, preprocess, graph, host heads, NMS and masks."),
+    Section("06-benchmark", "speedup", "derived", "Speed-up over PyTorch eager",
+            "Ratio of the mean graph latencies above, per batch size."),
+    Section("06-benchmark", "published", "published", "Published speed (not measured here)", digits=2),
 )
 
 SPEC = ModelSpec(
@@ -29,6 +45,7 @@ SPEC = ModelSpec(
         Published("COCO mask mAP, TensorRT INT8/FP16", 27.0, "mAP", "Jetson AGX Xavier / RTX 2080 Ti",
                   "haotian-liu/yolact_edge README", None, data="COCO (by YOLACT convention test-dev)"),
     ),
+    sections=SECTIONS,
     profiles={
         "smoke": {"01-data": {"num_images": 3}, "03-convert": {"batch_sizes": [1]},
                   "06-benchmark": {"batch_sizes": [1, 2], "iterations": 2, "warmup": 1, "end_to_end_images": 2}},

@@ -109,8 +109,8 @@ class YolactEdgePort(Port):
 
     # 06-benchmark
 
-    def benchmark_extra(self, run: Run, candidates: list[str], *, iterations: int, warmup: int,
-                        backend_options: dict, end_to_end_images: int = 8) -> dict:
+    def benchmark_extra(self, run: Run, candidates: list[str], *, backend: str, graph_rows: list[dict],
+                        iterations: int, warmup: int, backend_options: dict, end_to_end_images: int = 8) -> dict:
         """End to end per image at batch 1: read, preprocess, graph, host heads, NMS and masks."""
         model, _ = run.model()
         images = run.manifest["images"][:max(1, end_to_end_images)]
