@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +88,48 @@ def run_smoke(model: str) -> dict:
     if model not in _SMOKE_RUNS:
         _SMOKE_RUNS[model] = {r.stage: r for r in run_model(model, profile="smoke", backend="auto", timeout=1200)}
     return _SMOKE_RUNS[model]
+
+
+_FAKE_NPU_RUNS: dict[str, Path] = {}
+#: parameters the FAKE Ascend run needs beyond the smoke profile's
+FAKE_NPU_OVERRIDES = {"yolact_edge": {"batch_sizes": [1]}}
+FAKE_NPU_STAGES = ["convert", "infer", "evaluate", "benchmark"]
+
+
+def run_fake_npu(model: str) -> tuple[Path, list]:
+    """03-convert to 06-benchmark of ``model`` with backend ``auto``, the kernels (and the
+    benchmark's processes) seeing the FAKE atc, npu-smi and ais_bench (tests/fakes), on a copy
+    of the smoke run's data and export; once per test session. Returns the folder holding
+    ``runs/`` and ``atc.log`` (every ATC command line), and the stage results."""
+    from zoobook.runner import run_model
+
+    if model not in _FAKE_NPU_RUNS:
+        smoke = Path(os.environ["ZOOBOOK_RUNS"]) / "smoke" / model / "artifacts"
+        run_smoke(model)
+        folder = Path(tempfile.mkdtemp(prefix=f"fake-npu-{model}-", dir=Path(os.environ["ZOOBOOK_RUNS"]).parent))
+        shutil.copytree(smoke, folder / "runs" / "smoke" / model / "artifacts", copy_function=os.link,
+                        ignore=shutil.ignore_patterns("outputs", "compiled", "results", "scores", "demo",
+                                                      "evaluation.json"))
+        env = {"ZOOBOOK_RUNS": str(folder / "runs"), "FAKE_ASCEND_LOG": str(folder / "atc.log"),
+               "PATH": f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}",
+               "PYTHONPATH": f"{FAKES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            results = run_model(model, FAKE_NPU_STAGES, profile="smoke", backend="auto",
+                                overrides=FAKE_NPU_OVERRIDES.get(model), timeout=900)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        _FAKE_NPU_RUNS[model] = (folder, results)
+    return _FAKE_NPU_RUNS[model]
+
+
+def fake_npu_record(folder: Path, model: str, stage: str) -> dict:
+    return json.loads((folder / "runs" / "smoke" / model / f"{stage}.json").read_text())
 
 
 def assert_all_stages_ok(model: str, results: dict) -> None:

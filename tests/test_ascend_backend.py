@@ -30,8 +30,11 @@ def test_auto_picks_onnxruntime_without_ais_bench():
 def test_auto_picks_ascend_where_ais_bench_imports_and_a_device_answers(fake_ascend):
     assert AscendBackend.available()
     assert get_backend("auto").name == "ascend"
-    assert backend_options("auto", soc_version="Ascend310P3", precision_mode="force_fp16") == {
-        "soc_version": "Ascend310P3", "precision_mode": "force_fp16", "device_id": 0}
+    assert backend_options("auto", soc_version="Ascend310P3", precision_mode="force_fp16", device_id=1,
+                           ort_optimization="all", threads=2) == {
+        "soc_version": "Ascend310P3", "precision_mode": "force_fp16", "device_id": 1}  # only what Ascend takes
+    assert backend_options("onnxruntime", ort_optimization="all", threads=None, device_id=1) == {
+        "compile_optimization": "all"}
 
 
 def test_atc_command_line_takes_every_setting_as_a_parameter(tmp_path):

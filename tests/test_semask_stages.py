@@ -1,13 +1,11 @@
 """SeMask-FPN end to end on the smoke profile through papermill (3 generated images at
 128 x 256, graphs at batch 1 and 2), the records, resume, the scores recomputed from the
-saved class maps, and convert -> infer -> evaluate -> benchmark through the FAKE Ascend tools."""
+saved class maps, padding, and what the FAKE Ascend run shows of SeMask (the stage suite in
+test_stages.py runs every stage and the fake Ascend toolchain for every model)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,16 +13,12 @@ import pytest
 
 from zoobook.records import read_record
 
-from .conftest import FAKES, assert_all_stages_ok, run_smoke
+from .conftest import fake_npu_record, run_fake_npu, run_smoke
 
 
 @pytest.fixture(scope="module")
 def smoke_run():
     return run_smoke("semask")
-
-
-def test_all_six_stages_run_ok_on_smoke(smoke_run):
-    assert_all_stages_ok("semask", smoke_run)
 
 
 def test_one_graph_per_batch_size_each_checked_against_torch(smoke_run):
@@ -86,7 +80,7 @@ def test_benchmark_reports_throughput_and_memory_per_batch_size(smoke_run):
     assert [p["value"] for p in bench["tables"]["published"]] == [4.72, 4.37, 4.13]
 
 
-def test_infer_resumes_only_on_the_same_inputs_and_model(smoke_run):
+def test_a_last_short_batch_is_padded_to_the_static_graph(smoke_run):
     from zoobook.models import open_run
     from zoobook.stages import steps
 
@@ -113,30 +107,16 @@ def test_prepare_names_an_image_whose_label_differs_in_size(tmp_path):
         steps.prepare_data(open_run("semask", "smoke"), dataset, {"kind": "synthetic"}, input_size=(64, 128))
 
 
-def test_ascend_stages_through_the_notebooks_with_fakes(smoke_run, monkeypatch, tmp_path):
-    """convert -> infer -> evaluate -> benchmark with backend=auto, the kernel (and the
-    benchmark's processes) seeing the FAKE atc, npu-smi and ais_bench: ATC gets one static
-    shape per graph, and the records name the (fake) NPU, never the CPU."""
-    from zoobook.runner import run_model
-
-    runs = tmp_path / "runs"
-    shutil.copytree(Path(os.environ["ZOOBOOK_RUNS"]) / "smoke" / "semask" / "artifacts",
-                    runs / "smoke" / "semask" / "artifacts", copy_function=os.link,
-                    ignore=shutil.ignore_patterns("outputs", "compiled", "evaluation.json"))
-    monkeypatch.setenv("ZOOBOOK_RUNS", str(runs))
-    monkeypatch.setenv("PATH", f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("PYTHONPATH", f"{FAKES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    monkeypatch.setenv("FAKE_ASCEND_LOG", str(tmp_path / "atc.log"))
-    results = run_model("semask", ["convert", "infer", "evaluate", "benchmark"], profile="smoke", backend="auto",
-                        overrides={"batch_sizes": [1, 2]}, timeout=600)
-    assert [r.status for r in results] == ["ok"] * 4, [r.error for r in results]
-    convert = read_record("smoke", "semask", "03-convert")
-    assert convert["backend"] == "ascend" and convert["device"]["kind"] == "npu"
-    logged = [json.loads(line) for line in (tmp_path / "atc.log").read_text().splitlines()]
+def test_atc_gets_one_static_shape_per_graph_and_the_npu_is_timed_in_its_own_processes(smoke_run):
+    """The shared FAKE Ascend run (conftest.run_fake_npu): ATC gets each graph at its static
+    batch, the agreement with PyTorch holds, and 06-benchmark's processes see the fake NPU."""
+    folder, results = run_fake_npu("semask")
+    assert [r.status for r in results] == ["ok"] * len(results), [r.error for r in results]
+    logged = [json.loads(line) for line in (folder / "atc.log").read_text().splitlines()]
     assert [next(a for a in args if a.startswith("--input_shape")) for args in logged] == [
         "--input_shape=image:1,3,128,256", "--input_shape=image:2,3,128,256"]
-    evaluate = read_record("smoke", "semask", "05-evaluate")
+    evaluate = fake_npu_record(folder, "semask", "05-evaluate")
     assert evaluate["backend"] == "ascend" and evaluate["metrics"]["pixel_agreement_with_torch"] >= 0.99
-    bench = read_record("smoke", "semask", "06-benchmark")
+    bench = fake_npu_record(folder, "semask", "06-benchmark")
     assert {r["candidate"] for r in bench["tables"]["graph"]} == {"torch", "onnxruntime", "ascend"}
     assert "failures" not in bench["tables"]

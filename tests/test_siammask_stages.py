@@ -4,8 +4,6 @@ the FAKE Ascend tools), with their records, result files and resume."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import nbformat
@@ -16,9 +14,8 @@ from zoobook.data.vot import VotSequence
 from zoobook.metrics import vot
 from zoobook.models.siammask.experiment import run_sequence
 from zoobook.records import read_record
-from zoobook.runner import run_model
 
-from .conftest import assert_all_stages_ok, run_smoke
+from .conftest import fake_npu_record, run_fake_npu, run_smoke
 
 SQUARE = [100.0, 100.0, 140.0, 100.0, 140.0, 140.0, 100.0, 140.0]
 FAR = [10.0, 10.0, 20.0, 10.0, 20.0, 20.0, 10.0, 20.0]
@@ -63,10 +60,6 @@ def smoke_run():
     return run_smoke("siammask")
 
 
-def test_all_stages_run_ok_on_smoke(smoke_run):
-    assert_all_stages_ok("siammask", smoke_run)
-
-
 def test_records_and_result_files(smoke_run):
     from zoobook.models import open_run
     from zoobook.models.siammask import port
@@ -106,24 +99,14 @@ def test_tracking_resumes_only_on_the_same_data_and_model(smoke_run):
     assert fresh["onnxruntime"]["skipped"] == [] and fresh["onnxruntime"]["sequences"]
 
 
-def test_ascend_stages_through_the_notebooks_with_fakes(smoke_run, monkeypatch, tmp_path):
-    """convert -> infer -> evaluate with backend=auto seeing the FAKE atc, npu-smi and
-    ais_bench (tests/fakes): four .om files, the tracker over fake NPU sessions."""
-    from .conftest import FAKES
-
-    runs = tmp_path / "runs"
-    shutil.copytree(Path(os.environ["ZOOBOOK_RUNS"]) / "smoke", runs / "smoke",
-                    ignore=shutil.ignore_patterns("compiled", "results", "demo", "scores", "yolact_edge"))
-    monkeypatch.setenv("ZOOBOOK_RUNS", str(runs))
-    monkeypatch.setenv("PATH", f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("PYTHONPATH", f"{FAKES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    results = run_model("siammask", ["convert", "infer", "evaluate"], profile="smoke", backend="auto", timeout=900)
-    assert [r.status for r in results] == ["ok"] * 3, [r.error for r in results]
-    convert = read_record("smoke", "siammask", "03-convert")
-    assert convert["backend"] == "ascend" and convert["device"]["kind"] == "npu"
-    compiled = runs / "smoke" / "siammask" / "artifacts" / "compiled"
+def test_the_tracker_over_the_fake_npu_keeps_lock_step_with_pytorch(smoke_run):
+    """The shared FAKE Ascend run (conftest.run_fake_npu): four .om files, and the tracker over
+    fake NPU sessions in lock-step with PyTorch's."""
+    folder, results = run_fake_npu("siammask")
+    assert [r.status for r in results] == ["ok"] * len(results), [r.error for r in results]
+    compiled = folder / "runs" / "smoke" / "siammask" / "artifacts" / "compiled"
     assert sorted(p.name for p in compiled.glob("*.om")) == ["mask.om", "refine.om", "search.om", "template.om"]
-    evaluate = read_record("smoke", "siammask", "05-evaluate")
+    evaluate = fake_npu_record(folder, "siammask", "05-evaluate")
     assert evaluate["backend"] == "ascend" and evaluate["metrics"]["lockstep"]["mean_mask_iou"] > 0.98
 
 

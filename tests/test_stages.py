@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
-import shutil
 from pathlib import Path
 
 import nbformat
@@ -20,15 +18,13 @@ from zoobook.records import read_record
 from zoobook.runner import run_model
 from zoobook.stages import steps
 
-from .conftest import FAKES, assert_all_stages_ok, run_smoke
+from .conftest import assert_all_stages_ok, fake_npu_record, run_fake_npu, run_smoke
 
 #: what the FAKE Ascend run cannot do for a model, and why
 FAKE_NPU_LIMITS = {
     "retinamask": "the fake ais_bench runs an .om with ONNX Runtime, which refuses the fp16-cast graph's mixed-type "
                   "RoiAlign inputs (test_retinamask_stages checks that ATC receives the cast graph)",
 }
-#: parameters the FAKE Ascend run needs beyond the smoke profile's
-FAKE_NPU_OVERRIDES = {"yolact_edge": {"batch_sizes": [1]}}
 
 
 @pytest.fixture(params=MODELS)
@@ -96,27 +92,21 @@ def test_infer_resumes_only_on_the_same_inputs_and_model(model):
 
 @pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.skip(reason=FAKE_NPU_LIMITS[m]))
                                    if m in FAKE_NPU_LIMITS else m for m in MODELS])
-def test_convert_infer_evaluate_on_the_fake_ascend_toolchain(model, monkeypatch, tmp_path):
-    """convert -> infer -> evaluate with backend=auto, the kernel seeing the FAKE atc, npu-smi
-    and ais_bench (tests/fakes): the records name the (fake) NPU, never the CPU."""
-    run_smoke(model)
-    runs = tmp_path / "runs"
-    shutil.copytree(Path(os.environ["ZOOBOOK_RUNS"]) / "smoke" / model / "artifacts",
-                    runs / "smoke" / model / "artifacts", copy_function=os.link,
-                    ignore=shutil.ignore_patterns("outputs", "compiled", "results", "scores", "demo",
-                                                  "evaluation.json"))
-    monkeypatch.setenv("ZOOBOOK_RUNS", str(runs))
-    monkeypatch.setenv("PATH", f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("PYTHONPATH", f"{FAKES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    monkeypatch.setenv("FAKE_ASCEND_LOG", str(tmp_path / "atc.log"))
-    results = run_model(model, ["convert", "infer", "evaluate"], profile="smoke", backend="auto",
-                        overrides=FAKE_NPU_OVERRIDES.get(model), timeout=900)
-    assert [r.status for r in results] == ["ok"] * 3, [r.error for r in results]
-    convert = read_record("smoke", model, "03-convert")
+def test_convert_to_benchmark_on_the_fake_ascend_toolchain(model):
+    """03-convert to 06-benchmark with backend=auto over the FAKE Ascend tools: every stage ok,
+    one .om per compiled artifact, and the records name the (fake) NPU, never the CPU."""
+    folder, results = run_fake_npu(model)
+    assert [r.status for r in results] == ["ok"] * len(results), [r.error for r in results]
+    convert = fake_npu_record(folder, model, "03-convert")
     assert convert["backend"] == "ascend" and convert["device"]["kind"] == "npu"
     assert convert["metrics"]["parity_passed"]
-    assert list((runs / "smoke" / model / "artifacts" / "compiled").glob("*.om"))
-    assert read_record("smoke", model, "05-evaluate")["backend"] == "ascend"
+    compiled = json.loads((folder / "runs" / "smoke" / model / "artifacts" / "compiled" / "ascend.json").read_text())
+    artifacts = {Path(a).name for by_batch in compiled["artifacts"].values() for a in by_batch.values()}
+    oms = {p.name for p in (folder / "runs" / "smoke" / model / "artifacts" / "compiled").glob("*.om")}
+    assert artifacts == oms and len(oms) == sum(len(b) for b in compiled["artifacts"].values())
+    assert fake_npu_record(folder, model, "05-evaluate")["backend"] == "ascend"
+    bench = fake_npu_record(folder, model, "06-benchmark")
+    assert {r["candidate"] for r in bench["tables"]["graph"]} == {"torch", "onnxruntime", "ascend"}
 
 
 def test_a_stage_before_its_upstream_fails_and_the_others_go_on(model, monkeypatch, tmp_path):
