@@ -13,9 +13,9 @@ from importlib import import_module
 import pytest
 import torch
 
-from zoobook.checkpoints import CheckpointError
+from zoobook.checkpoints import CheckpointError, guess_layout
+from zoobook.models import MODELS
 
-MODELS = ("yolact_edge", "siammask", "retinamask", "semask")
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,13 @@ def test_a_checkpoint_of_another_model_is_named_in_a_short_message(tmp_path, rec
     assert err.value.unexpected == list(recipes[file_of])
     assert len(err.value.missing) == len(err.value.missing_official) > 100
     assert err.value.details()["guess"] == looks_like
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_has_a_known_layout_that_names_its_own_recipe(recipes, model):
+    """Each model's official key layout is in KNOWN_LAYOUTS, so a wrong file can say whose it is."""
+    guessed = guess_layout(recipes[model])
+    assert guessed is not None and guessed[1] == type(_build(model, None)[0]).__name__
 
 
 def test_missing_keys_are_also_named_as_the_official_file_spells_them(tmp_path, recipes):

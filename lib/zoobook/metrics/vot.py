@@ -208,6 +208,25 @@ def results_path(folder: str | Path, sequence: str) -> Path:
 # Metrics
 
 
+def results_agreement(index: dict[str, dict], candidate_folder: str | Path, reference_folder: str | Path) -> dict:
+    """Two trackers' result files on the same sequences (``index``: the evaluator's JSON index):
+    the share of frames where both wrote the same kind of line (the same code, or both a
+    region), and the overlap of their regions where both tracked (within the image bounds)."""
+    same, total, overlaps = 0, 0, []
+    for name, entry in index.items():
+        a = read_results(results_path(candidate_folder, name))
+        b = read_results(results_path(reference_folder, name))
+        for ra, rb in zip(a, b):
+            total += 1
+            same += (len(ra) == 1) == (len(rb) == 1) and (len(ra) > 1 or ra == rb)
+            if len(ra) > 1 and len(rb) > 1:
+                overlaps.append(region_overlap(ra, rb, (entry["width"], entry["height"])))
+    overlaps = np.array(overlaps)
+    return {"frames": total, "same_kind_of_line": same / total if total else None,
+            "mean_region_overlap": float(overlaps.mean()) if overlaps.size else None,
+            "min_region_overlap": float(overlaps.min()) if overlaps.size else None}
+
+
 def failures(regions: Sequence[Sequence[float]]) -> list[int]:
     return [i for i, r in enumerate(regions) if len(r) == 1 and r[0] == FAILURE]
 

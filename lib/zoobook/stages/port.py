@@ -11,13 +11,13 @@ Hooks a port must give (``NotImplementedError`` otherwise):
 - ``export_graphs(run, model, folder, *, opset, **params)``: write the ONNX graph(s) and
   return ``{graph: {batch: summary}}``, ``batch`` ``"*"`` for a dynamic batch axis, else the
   static batch the file takes, each summary holding ``path``;
-- ``feeds(run, graph, batch_size)``: named inputs of ``graph`` made from the run's data, for
-  parity checks and timing;
 - ``score(run, candidates, **params)``: 05-evaluate for ``candidates`` (the backend, then
   the reference where asked for).
 
 Hooks with a default that fits most graphs:
 
+- ``feeds(run, graph, batch_size)``: named inputs of ``graph`` made from the run's data, for
+  parity checks and timing (``read_batch`` of the first items, cycled to fill the batch);
 - ``graph_module(run, model, graph)``: the ``nn.Module`` that is ``graph`` (the model itself);
 - ``expected_io(run, graph, batch)``: the I/O the exported file must have (from the spec);
 - ``reference_outputs(run, graph, feeds)``: PyTorch on ``feeds``;
@@ -98,7 +98,10 @@ class Port:
         return self.spec.graphs[graph].io(None if batch == "*" else int(batch))
 
     def feeds(self, run, graph: str, batch_size: int) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Distinct data items to fill a batch (cycled when the set is smaller), so that a
+        graph that mixed up its batch would show."""
+        items = self.items(run)
+        return self.read_batch(run, [items[i % len(items)] for i in range(batch_size)])
 
     def reference_session(self, run, graph: str):
         """PyTorch running ``graph`` with the run's network (a :class:`~zoobook.backends.Session`)."""

@@ -155,7 +155,7 @@ class ModelSpec:
     title: str
     stages: tuple[str, ...]
     graphs: dict[str, GraphSpec]
-    published: tuple[Published, ...]
+    published: tuple[Published, ...] = ()
     profiles: dict[str, dict[str, dict]] = field(default_factory=dict)
     reference: str = ""
     #: the record sections the book shows, in order (the common ones by default)

@@ -105,10 +105,6 @@ class RetinaMaskPort(Port):
         """The port's graph cut at the run's top-k."""
         return PortGraph(model, top_k=run.exported["top_k"])
 
-    def feeds(self, run: Run, graph: str, batch_size: int) -> dict[str, np.ndarray]:
-        count = len(run.manifest["images"])
-        return self.read_batch(run, [i % count for i in range(batch_size)])
-
     def read_batch(self, run: Run, items: list[int]) -> dict[str, np.ndarray]:
         return {"image": np.concatenate([read_input(run, i) for i in items])}
 

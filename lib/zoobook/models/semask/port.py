@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from zoobook import bench
 from zoobook.atomic import write_bytes_atomic
+from zoobook.backends import REFERENCE
 from zoobook.checkpoints import weights_label
 from zoobook.compare import Tolerance, class_map_parity
 from zoobook.data.cityscapes import CLASSES, IGNORE, NUM_CLASSES, CityscapesDataset, colorize, find_cityscapes, \
@@ -41,7 +42,8 @@ EVALUATION = "evaluation.json"
 
 class SeMaskPort(Port):
     spec = SPEC
-    evaluate_files = (EVALUATION,)
+    #: 05-evaluate runs the reference through 04-infer's resumable loop: its class maps too
+    evaluate_files = (EVALUATION, f"outputs/{REFERENCE}/*.png")
     output_files = "outputs/{backend}/*.png"
     output_suffix = ".png"
     dataset_dir = "cityscapes"
@@ -137,12 +139,6 @@ class SeMaskPort(Port):
 
     def expected_io(self, run: Run, graph: str, batch: str) -> dict:
         return graph_shapes(int(batch), input_size(run))
-
-    def feeds(self, run: Run, graph: str, batch_size: int) -> dict[str, np.ndarray]:
-        """A batch of distinct data images (cycled when the set is smaller), so that a graph
-        that mixed up the batch would show."""
-        count = len(run.manifest["images"])
-        return self.read_batch(run, [i % count for i in range(batch_size)])
 
     def read_batch(self, run: Run, items: list[int]) -> dict[str, np.ndarray]:
         return {"image": input_tensor(run, items)}

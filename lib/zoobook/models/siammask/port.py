@@ -168,7 +168,8 @@ class SiamMaskPort(Port):
                 out["scores"][TRAINED] = vot.evaluate_folder(index, folder)
                 out["trained_weights"] = base
         if reference:
-            out["agreement"] = agreement(index, results_folder(run, backend), results_folder(run, reference[0]))
+            out["agreement"] = vot.results_agreement(index, results_folder(run, backend),
+                                                     results_folder(run, reference[0]))
             out["lockstep"] = lockstep(run, backend, mode=mode, backend_options=backend_options)
         return out
 
@@ -185,7 +186,8 @@ class SiamMaskPort(Port):
             # the reference's engine runs the template branch once whatever the mode
             for mode in ("split",) if capabilities(name).reference else MODES:
                 label = f"{name} ({'template once' if mode == 'split' else 'port: template every frame'})"
-                engines[label] = tracker_engine(run, name, mode=mode, backend_options=backend_options.get(name))
+                engines[label] = tracker_engine(run, name, mode=mode, backend_options=backend_options.get(name),
+                                                uncompiled=True)
         runners = {label: _tracking_loop(engine, frames, run.manifest["demo"]["box"])
                    for label, engine in engines.items()}
         rows = bench.benchmark(runners, batch_size=1, warmup=min(warmup, 1),
@@ -296,17 +298,20 @@ def _tracker_crops(run: Run, model) -> dict[str, dict[str, np.ndarray]]:
 # The tracker's engines and the supervised experiment
 
 
-def tracker_engine(run: Run, candidate: str, *, mode: str = "split", backend_options: dict | None = None):
+def tracker_engine(run: Run, candidate: str, *, mode: str = "split", backend_options: dict | None = None,
+                   uncompiled: bool = False):
     """The tracker's engine: the run's network in PyTorch for the reference, else sessions on
     the graphs 03-convert compiled for ``candidate``. ``mode`` ``split`` runs the template
     graph once per sequence and the search graph per frame; ``port`` runs the port's mask
-    graph (template and search) every frame."""
+    graph (template and search) every frame. ``uncompiled``: see
+    :func:`~zoobook.stages.steps.open_session`."""
     if mode not in MODES:
         raise ValueError(f"mode must be 'split' or 'port', not {mode!r}")
     if capabilities(candidate).reference:
         return TorchEngine(run.model()[0])
     graphs = ("template", "search", "refine") if mode == "split" else ("mask", "refine")
-    sessions = {g: open_session(run, candidate, graph=g, backend_options=backend_options) for g in graphs}
+    sessions = {g: open_session(run, candidate, graph=g, backend_options=backend_options, uncompiled=uncompiled)
+                for g in graphs}
     return SessionEngine(sessions.pop("refine"), **sessions)
 
 
@@ -442,24 +447,6 @@ def read_demo_track(run: Run, candidate: str) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------------------------------
 # Agreement with the reference and the tables 05-evaluate shows
-
-
-def agreement(index: dict, candidate_folder: Path, reference_folder: Path) -> dict:
-    """Frames where both wrote the same kind of line, and the overlap of their regions where
-    both tracked (image bounds)."""
-    same, total, overlaps = 0, 0, []
-    for name, entry in index.items():
-        a = vot.read_results(vot.results_path(candidate_folder, name))
-        b = vot.read_results(vot.results_path(reference_folder, name))
-        for ra, rb in zip(a, b):
-            total += 1
-            same += (len(ra) == 1) == (len(rb) == 1) and (len(ra) > 1 or ra == rb)
-            if len(ra) > 1 and len(rb) > 1:
-                overlaps.append(vot.region_overlap(ra, rb, (entry["width"], entry["height"])))
-    overlaps = np.array(overlaps)
-    return {"frames": total, "same_kind_of_line": same / total if total else None,
-            "mean_region_overlap": float(overlaps.mean()) if overlaps.size else None,
-            "min_region_overlap": float(overlaps.min()) if overlaps.size else None}
 
 
 def lockstep(run: Run, backend: str, *, mode: str = "split", backend_options: dict | None = None) -> dict:

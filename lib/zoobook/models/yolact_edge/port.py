@@ -76,10 +76,6 @@ class YolactEdgePort(Port):
                               opset=opset)
         return {"yolact_edge": {"*": summary}}
 
-    def feeds(self, run: Run, graph: str, batch_size: int) -> dict[str, np.ndarray]:
-        count = len(run.manifest["images"])
-        return self.read_batch(run, [i % count for i in range(batch_size)])
-
     def read_batch(self, run: Run, items: list[int]) -> dict[str, np.ndarray]:
         return {"image": np.stack([read_input(run, i) for i in items])}
 
