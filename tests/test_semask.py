@@ -145,6 +145,21 @@ def test_class_map_parity_is_a_share_of_equal_pixels():
     assert not parity(reference, candidate[:1], "fp16")["passed"]  # batch mixed up or lost
 
 
+def test_pixel_agreement_counts_every_pixel_over_the_set_and_keeps_the_worst_image():
+    from zoobook.metrics.segmentation import PixelAgreement
+
+    agreement = PixelAgreement()
+    a = np.zeros((4, 5), np.uint8)
+    b = a.copy()
+    b[0, :2] = 255  # an ignored label still counts: two predictions are compared, not the truth
+    agreement.update(a, a)
+    agreement.update(a, b)
+    assert agreement.result() == {"pixels": 40, "equal": 38, "share": 38 / 40, "worst_image": 18 / 20}
+    with pytest.raises(ValueError, match="differ in shape"):
+        agreement.update(a, b[:2])
+    assert PixelAgreement().result()["share"] is None
+
+
 def test_memory_fit_extrapolates_a_straight_line():
     from zoobook.bench import memory_fit
 

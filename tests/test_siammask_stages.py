@@ -62,7 +62,7 @@ def smoke_run():
 
 def test_records_and_result_files(smoke_run):
     from zoobook.models import open_run
-    from zoobook.models.siammask import port
+    from zoobook.models.siammask import tracking
 
     run = open_run("siammask", "smoke")
     export = read_record("smoke", "siammask", "02-export")
@@ -71,7 +71,7 @@ def test_records_and_result_files(smoke_run):
     assert read_record("smoke", "siammask", "03-convert")["metrics"]["parity_passed"]
     for candidate in ("onnxruntime", "torch"):
         for seq in run.manifest["sequences"]:
-            regions = vot.read_results(vot.results_path(port.results_folder(run, candidate), seq["name"]))
+            regions = vot.read_results(vot.results_path(tracking.results_folder(run, candidate), seq["name"]))
             assert len(regions) == seq["frames"] and regions[0] == [1]
     evaluate = read_record("smoke", "siammask", "05-evaluate")
     assert set(evaluate["metrics"]) >= {"onnxruntime", "torch", "agreement", "lockstep"}
@@ -128,14 +128,14 @@ def test_the_trained_checkpoint_is_tracked_and_scored(smoke_run):
     """00-train hands its last checkpoint over; 04-infer tracks the VOT sequences with it (the
     base model, mask branch alone) and 05-evaluate scores it, naming the checkpoint."""
     from zoobook.models import open_run
-    from zoobook.models.siammask import port
+    from zoobook.models.siammask import tracking
 
     run = open_run("siammask", "smoke")
-    handed = port.trained_checkpoint(run)
+    handed = tracking.trained_checkpoint(run)
     assert handed["checkpoint"].endswith("train/1p/checkpoint_e2.pth") and handed["processes"] == 1
     infer = read_record("smoke", "siammask", "04-infer")
     assert infer["provenance"]["trained_weights"]["path"] == handed["checkpoint"]
-    folder = port.trained_results_folder(run, infer["provenance"]["trained_weights"])
+    folder = tracking.trained_results_folder(run, infer["provenance"]["trained_weights"])
     assert folder.name == "Custom_mask_checkpoint_e2"
     for seq in run.manifest["sequences"]:
         lines = vot.read_results(vot.results_path(folder, seq["name"]))

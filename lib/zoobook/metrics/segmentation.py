@@ -37,3 +37,23 @@ class ConfusionMatrix:
                 "aAcc": float(inter.sum() / total) if total else float("nan"),
                 "mAcc": float(np.nanmean(acc)) if np.any(gt > 0) else float("nan"),
                 "IoU": iou.tolist(), "Acc": acc.tolist(), "pixels": int(total)}
+
+
+class PixelAgreement:
+    """How often two class maps of the same images agree, pixel by pixel, over a whole set:
+    the share of equal pixels, and that share on the worst image (every pixel counts, ignored
+    ground truth included: it compares two predictions, not a prediction with the truth)."""
+
+    def __init__(self) -> None:
+        self.equal, self.pixels, self.per_image = 0, 0, []
+
+    def update(self, candidate: np.ndarray, reference: np.ndarray) -> None:
+        if candidate.shape != reference.shape:
+            raise ValueError(f"class maps {candidate.shape} and {reference.shape} differ in shape")
+        same = int((candidate == reference).sum())
+        self.equal, self.pixels = self.equal + same, self.pixels + reference.size
+        self.per_image.append(same / reference.size)
+
+    def result(self) -> dict:
+        return {"pixels": self.pixels, "equal": self.equal, "share": self.equal / self.pixels if self.pixels else None,
+                "worst_image": min(self.per_image) if self.per_image else None}

@@ -5,7 +5,8 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights), ``preprocess.py``,
 graph) and ``port.py`` (its hooks over the shared stages, :mod:`zoobook.stages`).
 """
 
-from zoobook.stages.spec import GraphSpec, ModelSpec, Published, Section
+from zoobook.stages.spec import PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, GraphSpec, ModelSpec, Published, \
+    Section
 
 #: the port's graph: batch 1, input 1344x1344 (BGR minus mean, padded), no NMS inside
 GRAPH = GraphSpec(
@@ -20,17 +21,15 @@ _CKPT = "checkpoint npu_8P_model_0020001.pth (8 NPUs, ~20k iterations)"
 
 #: what the book's summary shows of the records, in this order
 SECTIONS = (
-    Section("02-export", "parity", "parity", "Export: ONNX Runtime against PyTorch"),
-    Section("03-convert", "parity", "parity", "Convert: compiled model against ONNX"),
-    Section("05-evaluate", "accuracy", "accuracy", "Accuracy: measured and published"),
-    Section("05-evaluate", "agreement", "agreement", "Agreement with the PyTorch reference"),
+    *PARITY_SECTIONS,
+    *SCORE_SECTIONS,
     Section("06-benchmark", "graph", "speed", "Speed of the graph",
             "Latency per call at batch 1, warm-up excluded, candidates interleaved call by call."),
     Section("06-benchmark", "end_to_end", "speed", "Speed end to end",
             "Per image at batch 1: read, resize, graph, the port's host post-processing."),
     Section("06-benchmark", "host", "speed", "Host side",
             "The port's host post-processing alone, per image: NMS, rescale, 100 mask pastes."),
-    Section("06-benchmark", "published", "published", "Published speed (not measured here)", digits=2),
+    PUBLISHED_SPEED,
 )
 
 SPEC = ModelSpec(

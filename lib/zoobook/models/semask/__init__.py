@@ -4,7 +4,8 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights), ``export.py`` (the port
 its normalisation) and ``port.py`` (its hooks over the shared stages, :mod:`zoobook.stages`).
 """
 
-from zoobook.stages.spec import GraphSpec, ModelSpec, Published, Section
+from zoobook.stages.spec import PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, GraphSpec, ModelSpec, Published, \
+    Section
 
 #: the port's graph: one static batch size per graph, whole 1024 x 2048 image, arg-max inside
 GRAPH = GraphSpec(inputs={"image": ("bs", 3, 1024, 2048)}, outputs={"output": ("bs", 1024, 2048)})
@@ -16,20 +17,18 @@ _VAL = "Cityscapes val (500 images), whole 1024 x 2048 image"
 
 #: what the book's summary shows of the records, in this order
 SECTIONS = (
-    Section("02-export", "parity", "parity", "Export: ONNX Runtime against PyTorch"),
-    Section("03-convert", "parity", "parity", "Convert: compiled model against ONNX"),
-    Section("05-evaluate", "accuracy", "accuracy", "Accuracy: measured and published"),
-    Section("05-evaluate", "agreement", "agreement", "Agreement with the PyTorch reference"),
+    *PARITY_SECTIONS,
+    *SCORE_SECTIONS,
     Section("06-benchmark", "graph", "speed", "Speed and memory of the graph",
             "Latency per call (one batch), warm-up excluded, each candidate and batch size in a process of its "
             "own, with its resident memory once loaded and its peak during the calls."),
     Section("06-benchmark", "host", "speed", "Host side", "Per image, outside the graph: read the PNG, normalise."),
-    Section("06-benchmark", "derived", "memory", "Peak memory against the batch size",
+    Section("06-benchmark", "memory", "memory", "Peak memory against the batch size",
             "Per candidate: a linear fit of the peak over the batch sizes measured, extrapolated (where a port "
             "may run out of memory)."),
     Section("06-benchmark", "failures", "failures", "Runs that did not finish",
             "A process that died (for memory, most likely); the other runs went on."),
-    Section("06-benchmark", "published", "published", "Published speed (not measured here)", digits=2),
+    PUBLISHED_SPEED,
 )
 
 SPEC = ModelSpec(

@@ -30,7 +30,7 @@ from zoobook.checkpoints import weights_label
 from zoobook.compare import Tolerance, class_map_parity
 from zoobook.data.cityscapes import CLASSES, IGNORE, NUM_CLASSES, CityscapesDataset, colorize, find_cityscapes, \
     label_ids_to_train_ids, write_synthetic_cityscapes
-from zoobook.metrics.segmentation import ConfusionMatrix
+from zoobook.metrics.segmentation import ConfusionMatrix, PixelAgreement
 from zoobook.models.semask import SPEC
 from zoobook.models.semask.checkpoint import OFFICIAL_FILENAME, build
 from zoobook.models.semask.export import PORT_SIZE, export_graphs, graph_shapes, normalize
@@ -187,20 +187,17 @@ class SeMaskPort(Port):
             steps.infer(run, name)
         manifest = run.manifest
         matrices = {name: ConfusionMatrix(NUM_CLASSES, IGNORE) for name in candidates}
-        equal, pixels, per_image = 0, 0, []
+        agreement = PixelAgreement()
         for im in tqdm(manifest["images"], desc="evaluate"):
             label = read_label(run, im["index"])
             maps = {name: load_prediction(run, name, im["index"]) for name in candidates}
             for name, class_map in maps.items():
                 matrices[name].update(class_map, label)
             if reference:
-                same = int((maps[backend] == maps[reference[0]]).sum())
-                equal, pixels = equal + same, pixels + label.size
-                per_image.append(same / label.size)
+                agreement.update(maps[backend], maps[reference[0]])
         evaluation = {"candidates": candidates, "scores": {name: m.scores() for name, m in matrices.items()},
                       "confusion": {name: m.matrix.tolist() for name, m in matrices.items()},
-                      "agreement": {"pixels": pixels, "equal": equal, "share": equal / pixels if pixels else None,
-                                    "worst_image": min(per_image) if per_image else None},
+                      "agreement": agreement.result(),
                       "weights": run.weights, "dataset": manifest["dataset"], "input_size": manifest["input_size"],
                       "images": len(manifest["images"])}
         run.write_json(EVALUATION, evaluation)

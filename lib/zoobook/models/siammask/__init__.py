@@ -7,7 +7,8 @@ training ``training.py`` (targets, losses), ``train_data.py`` (pairs), ``train.p
 and its entry point) and ``train_stage.py`` (00-train).
 """
 
-from zoobook.stages.spec import GraphSpec, ModelSpec, Published, Section
+from zoobook.stages.spec import PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, GraphSpec, ModelSpec, Published, \
+    Section
 
 SEARCH_OUTPUTS = {"score": (1, 10, 25, 25), "delta": (1, 20, 25, 25), "mask": (1, 3969, 25, 25),
                   "f0": (1, 64, 125, 125), "f1": (1, 256, 63, 63), "f2": (1, 512, 31, 31),
@@ -38,10 +39,8 @@ SECTIONS = (
     Section("00-train", "per_epoch", "training", "Training per epoch",
             "Learning rate, whether the trunk trained, each loss part's mean and samples per second."),
     Section("00-train", "published", "published", "Published training figures (not measured here)"),
-    Section("02-export", "parity", "parity", "Export: ONNX Runtime against PyTorch"),
-    Section("03-convert", "parity", "parity", "Convert: compiled model against ONNX"),
-    Section("05-evaluate", "accuracy", "accuracy", "Accuracy: measured and published"),
-    Section("05-evaluate", "agreement", "agreement", "Agreement with the PyTorch reference"),
+    *PARITY_SECTIONS,
+    *SCORE_SECTIONS,
     Section("06-benchmark", "graph", "speed", "Speed of each graph",
             "Each graph alone at batch 1 on the tracker's crops of the demo clip: latency per call, warm-up "
             "excluded, candidates interleaved call by call."),
@@ -51,7 +50,7 @@ SECTIONS = (
     Section("06-benchmark", "derived", "derived", "Derived from the graph latencies",
             "What the template-once split saves per frame, and model-only frame rates: 1000 / (mask + refine) and "
             "the port's parse.py formula (that value × 4)."),
-    Section("06-benchmark", "published", "published", "Published speed (not measured here)", digits=2),
+    PUBLISHED_SPEED,
 )
 
 SPEC = ModelSpec(

@@ -1,5 +1,6 @@
-"""SiamMask's hooks over the shared stages (:mod:`zoobook.stages.steps`), and the tracker's
-own helpers the notebooks call (each takes the stage's :class:`~zoobook.stages.Run`).
+"""SiamMask's hooks over the shared stages (:mod:`zoobook.stages.steps`), and the tables its
+notebooks show; the tracker on a run (engines, the supervised experiment, the trained base
+model, the demo clip, lock-step) is ``tracking.py``.
 
 Artifacts of a run live in ``runs/<profile>/siammask/artifacts/``::
 
@@ -18,11 +19,9 @@ with the PyTorch reference; 06-benchmark adds the whole tracker per frame to the
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from zoobook import bench
@@ -31,28 +30,18 @@ from zoobook.backends import REFERENCE, capabilities, with_reference
 from zoobook.checkpoints import weights_label
 from zoobook.compare import Tolerance
 from zoobook.data import half_present
-from zoobook.data.images import read_bgr
 from zoobook.data.vot import VotDataset, read_json_index, write_json_index, write_synthetic_vot
 from zoobook.metrics import vot
 from zoobook.models.siammask import GRAPHS, SPEC, train_stage
 from zoobook.models.siammask.checkpoint import OFFICIAL_FILENAME, build
-from zoobook.models.siammask.experiment import run_sequence
 from zoobook.models.siammask.export import export_graph, graph_module
-from zoobook.models.siammask.tracker import SessionEngine, SiamMaskTracker, TorchEngine, TrackerConfig
-from zoobook.paths import data_dir, project_root, runs_dir
-from zoobook.resume import file_stamps, generated_once, resumable_folder
+from zoobook.models.siammask.tracker import SiamMaskTracker, TorchEngine
+from zoobook.models.siammask.tracking import DEMO, MODES, TRAINED, demo_clip, demo_frames, lockstep, results_folder, \
+    results_key, run_experiment, tracker_engine, tracking_loop, trained_checkpoint, trained_results_folder, \
+    trained_weights, vot_dataset
+from zoobook.paths import data_dir, runs_dir
+from zoobook.resume import generated_once, resumable_folder
 from zoobook.stages import Port, Run, StageIO
-from zoobook.stages.steps import open_session
-
-DEMO = "tennis"
-#: the tracker's engines: ``split`` runs the template graph once per sequence and the search
-#: graph per frame; ``port`` runs the port's mask graph (template and search) every frame
-MODES = ("split", "port")
-#: the base model's tracker settings: the reference's class defaults, which its base config
-#: (experiments/siammask_base/config.json) leaves in place; the mask branch alone (63 x 63)
-BASE_TRACKER = TrackerConfig(penalty_k=0.09, window_influence=0.39, lr=0.38, seg_thr=0.30, out_size=63,
-                             refine=False)
-TRAINED = "trained-base"
 
 
 class SiamMaskPort(Port):
@@ -140,9 +129,9 @@ class SiamMaskPort(Port):
         summary = {}
         for candidate in with_reference(backend, reference):
             folder = results_folder(run, candidate)
-            resumable_folder(folder, _results_key(run, candidate, mode), resume=resume, pattern="baseline/*/*_001.txt")
+            resumable_folder(folder, results_key(run, candidate, mode), resume=resume, pattern="baseline/*/*_001.txt")
             tracker = SiamMaskTracker(tracker_engine(run, candidate, mode=mode, backend_options=backend_options))
-            summary[candidate] = _experiment(tracker, dataset, folder, resume=resume, desc=f"track {candidate}")
+            summary[candidate] = run_experiment(tracker, dataset, folder, resume=resume, desc=f"track {candidate}")
         return summary
 
     # 05-evaluate
@@ -188,7 +177,7 @@ class SiamMaskPort(Port):
                 label = f"{name} ({'template once' if mode == 'split' else 'port: template every frame'})"
                 engines[label] = tracker_engine(run, name, mode=mode, backend_options=backend_options.get(name),
                                                 uncompiled=True)
-        runners = {label: _tracking_loop(engine, frames, run.manifest["demo"]["box"])
+        runners = {label: tracking_loop(engine, frames, run.manifest["demo"]["box"])
                    for label, engine in engines.items()}
         rows = bench.benchmark(runners, batch_size=1, warmup=min(warmup, 1),
                                iterations=max(iterations, len(frames) - 1))
@@ -224,37 +213,6 @@ class SiamMaskPort(Port):
 
 
 PORT = SiamMaskPort()
-
-
-# ---------------------------------------------------------------------------------------
-# Data: the VOT sequences and the demo clip
-
-
-def demo_clip(frames: int = 0) -> dict:
-    """The shipped tennis clip (data/samples/tennis, MIT licence) and its first-frame box."""
-    folder = project_root() / "data" / "samples" / DEMO
-    paths = sorted(folder.glob("*.jpg"))
-    if not paths:
-        raise FileNotFoundError(f"{folder}: the demo clip's frames are missing")
-    box_file = folder / "box.txt"
-    try:
-        box = [float(v) for v in box_file.read_text().split(",")]
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{box_file}: expected 'x,y,w,h' of the target in the first frame") from err
-    if len(box) != 4:
-        raise ValueError(f"{box_file}: expected 4 numbers (x,y,w,h), found {len(box)}")
-    paths = paths[:frames] if frames else paths
-    return {"name": DEMO, "frames": [str(p) for p in paths], "box": box}
-
-
-def vot_dataset(run: Run) -> VotDataset:
-    """The sequences 01-data checked, as a :class:`~zoobook.data.vot.VotDataset`."""
-    return VotDataset(run.dataset["root"], limit=len(run.manifest["sequences"]))
-
-
-def demo_frames(run: Run, limit: int | None = None) -> list[np.ndarray]:
-    """The demo clip's frames (BGR), the first ``limit`` of them if given."""
-    return [read_bgr(p) for p in run.manifest["demo"]["frames"][:limit]]
 
 
 # ---------------------------------------------------------------------------------------
@@ -295,182 +253,7 @@ def _tracker_crops(run: Run, model) -> dict[str, dict[str, np.ndarray]]:
 
 
 # ---------------------------------------------------------------------------------------
-# The tracker's engines and the supervised experiment
-
-
-def tracker_engine(run: Run, candidate: str, *, mode: str = "split", backend_options: dict | None = None,
-                   uncompiled: bool = False):
-    """The tracker's engine: the run's network in PyTorch for the reference, else sessions on
-    the graphs 03-convert compiled for ``candidate``. ``mode`` ``split`` runs the template
-    graph once per sequence and the search graph per frame; ``port`` runs the port's mask
-    graph (template and search) every frame. ``uncompiled``: see
-    :func:`~zoobook.stages.steps.open_session`."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be 'split' or 'port', not {mode!r}")
-    if capabilities(candidate).reference:
-        return TorchEngine(run.model()[0])
-    graphs = ("template", "search", "refine") if mode == "split" else ("mask", "refine")
-    sessions = {g: open_session(run, candidate, graph=g, backend_options=backend_options, uncompiled=uncompiled)
-                for g in graphs}
-    return SessionEngine(sessions.pop("refine"), **sessions)
-
-
-def tracker_name(weights: dict) -> str:
-    """The reference's results folder name: ``Custom_mask_refine_<checkpoint stem>``."""
-    stem = Path(weights["path"]).stem if weights.get("path") else "recipe"
-    return f"Custom_mask_refine_{stem}"
-
-
-def results_folder(run: Run, candidate: str) -> Path:
-    """``results/<candidate>/<tracker>``: the candidate's VOT result files."""
-    return run.path("results") / candidate / tracker_name(run.weights)
-
-
-def _results_key(run: Run, candidate: str, mode: str) -> dict:
-    manifest = run.manifest
-    return {"dataset": manifest["dataset"], "sequences": manifest["sequences"], "weights": run.weights["sha256"],
-            "mode": mode, "artifacts": file_stamps(run.compiled_files(candidate))}
-
-
-def _experiment(tracker: SiamMaskTracker, dataset: VotDataset, folder: Path, *, resume: bool, desc: str) -> dict:
-    """The supervised experiment on every sequence not yet written (with ``resume``), into
-    the reference's result files under ``folder``."""
-    runs, skipped = {}, []
-    with tqdm(total=sum(len(dataset[i]) for i in range(len(dataset))), desc=desc) as bar:
-        for i in range(len(dataset)):
-            sequence = dataset[i]
-            path = vot.results_path(folder, sequence.name)
-            if resume and path.is_file():
-                skipped.append(sequence.name)
-                bar.update(len(sequence))
-                continue
-            run = run_sequence(tracker, sequence, on_frame=lambda _: bar.update())
-            vot.write_results(path, run["regions"])
-            runs[sequence.name] = {"failures": len(run["failures"]), "frames": len(sequence),
-                                   "tracking_s": run["tracking_s"], "fps": run["fps"]}
-    return {"folder": str(folder), "sequences": runs, "skipped": skipped, "fps": _mean_fps(runs)}
-
-
-def _mean_fps(runs: dict) -> float | None:
-    """Tracked frames / tracking time over all sequences run now (as the reference reports speed)."""
-    seconds = sum(r["tracking_s"] for r in runs.values())
-    return sum(r["frames"] - 1 for r in runs.values()) / seconds if seconds else None
-
-
-# ---------------------------------------------------------------------------------------
-# The base model 00-train trained
-
-
-def trained_checkpoint(run: Run) -> dict | None:
-    """What 00-train handed over, None when it has not run."""
-    return train_stage.handed_over(run)
-
-
-def trained_weights(run: Run, handed: dict | None = None) -> dict:
-    """Where the base model's weights came from: the checkpoint 00-train handed over."""
-    from zoobook.checkpoints import file_sha256
-
-    handed = handed or trained_checkpoint(run)
-    if handed is None:
-        raise FileNotFoundError(f"{train_stage.handoff_path(run)}: no trained checkpoint; run stage 00-train first")
-    path = Path(handed["checkpoint"])
-    return {"kind": "checkpoint", "path": str(path), "sha256": file_sha256(path), "from": "00-train",
-            "processes": handed["processes"], "epochs": handed["epochs"], "preset": handed["preset"],
-            "note": f"{path.name}: base model trained by 00-train ({handed['epochs']} epochs, "
-                    f"{handed['processes']} process(es), preset {handed['preset']})"}
-
-
-def trained_model(run: Run) -> tuple[torch.nn.Module, dict]:
-    """The base model with the checkpoint 00-train handed over, and where it came from."""
-    weights = trained_weights(run)
-    model, loaded = build(weights["path"], refine=False)
-    return model, {**loaded, **weights}
-
-
-def trained_results_folder(run: Run, weights: dict) -> Path:
-    """The reference's results name for the base model with masks: ``Custom_mask_<checkpoint stem>``."""
-    return run.path("results") / TRAINED / f"Custom_mask_{Path(weights['path']).stem}"
-
-
-def track_trained(run: Run, *, resume: bool = True) -> dict:
-    """Run the supervised experiment with the base model 00-train trained (PyTorch, the mask
-    branch alone, the base config's tracker settings), into the reference's result files
-    under ``results/trained-base/Custom_mask_<checkpoint>``."""
-    manifest = run.manifest
-    model, weights = trained_model(run)
-    folder = trained_results_folder(run, weights)
-    key = {"dataset": manifest["dataset"], "sequences": manifest["sequences"], "weights": weights["sha256"],
-           "tracker": BASE_TRACKER.__dict__}
-    resumable_folder(folder, key, resume=resume, pattern="baseline/*/*_001.txt")
-    tracker = SiamMaskTracker(TorchEngine(model), BASE_TRACKER)
-    return {**_experiment(tracker, vot_dataset(run), folder, resume=resume, desc="track trained base"),
-            "weights": weights}
-
-
-# ---------------------------------------------------------------------------------------
-# The demo clip
-
-
-def track_demo(run: Run, backend: str, *, reference: bool = True, mode: str = "split",
-               backend_options: dict | None = None) -> dict:
-    """Track the demo clip from its first-frame box with each candidate; save the polygons,
-    the boxes and the binary masks (``demo/<candidate>.npz``)."""
-    frames = demo_frames(run)
-    out = {}
-    for candidate in with_reference(backend, reference):
-        tracker = SiamMaskTracker(tracker_engine(run, candidate, mode=mode, backend_options=backend_options))
-        tracker.init(frames[0], run.manifest["demo"]["box"])
-        polygons, masks, scores = [], [], []
-        for frame in tqdm(frames[1:], desc=f"demo {candidate}"):
-            result = tracker.track(frame)
-            polygons.append(result.polygon)
-            masks.append(result.mask > tracker.config.seg_thr)
-            scores.append(result.score)
-        path = run.path("demo") / f"{candidate}.npz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, polygons=np.array(polygons), masks=np.packbits(np.array(masks), axis=-1),
-                            scores=np.array(scores), width=frames[0].shape[1])
-        out[candidate] = str(path)
-    return out
-
-
-def read_demo_track(run: Run, candidate: str) -> dict[str, np.ndarray]:
-    """``candidate``'s track of the demo clip (04-infer): polygons, scores and binary masks."""
-    path = run.path("demo") / f"{candidate}.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no demo track; run 04-infer with backend {candidate}")
-    with np.load(path) as data:
-        width = int(data["width"])
-        return {"polygons": data["polygons"], "scores": data["scores"],
-                "masks": np.unpackbits(data["masks"], axis=-1, count=width).astype(bool)}
-
-
-# ---------------------------------------------------------------------------------------
 # Agreement with the reference and the tables 05-evaluate shows
-
-
-def lockstep(run: Run, backend: str, *, mode: str = "split", backend_options: dict | None = None) -> dict:
-    """The backend against PyTorch on the demo clip in lock-step: before each frame the
-    backend's tracker is given the reference's state, so both see the same crop, and their
-    decisions are compared (same anchor cell, box centre, mask IoU). Free-running trackers
-    drift apart once a near-tie between two cells falls differently (with synthetic weights
-    that happens often); lock-step measures the numerical agreement itself."""
-    frames = demo_frames(run)
-    reference = SiamMaskTracker(tracker_engine(run, REFERENCE))
-    candidate = SiamMaskTracker(tracker_engine(run, backend, mode=mode, backend_options=backend_options))
-    for tracker in (reference, candidate):
-        tracker.init(frames[0], run.manifest["demo"]["box"])
-    same_cell, centre, iou = [], [], []
-    for frame in tqdm(frames[1:], desc=f"lock-step {backend}"):
-        candidate.centre, candidate.size = reference.centre.copy(), reference.size.copy()
-        a, b = reference.track(frame), candidate.track(frame)
-        same_cell.append(a.cell == b.cell)
-        centre.append(float(np.abs(a.centre - b.centre).max()))
-        ma, mb = a.mask > reference.config.seg_thr, b.mask > candidate.config.seg_thr
-        union = np.count_nonzero(ma | mb)
-        iou.append(np.count_nonzero(ma & mb) / union if union else 1.0)
-    return {"frames": len(same_cell), "same_cell": float(np.mean(same_cell)), "max_centre_difference_px": max(centre),
-            "mean_mask_iou": float(np.mean(iou)), "min_mask_iou": float(np.min(iou)), "mask_iou": iou}
 
 
 def vot_rows(evaluation: dict) -> list[dict]:
@@ -521,20 +304,6 @@ def record_metrics(evaluation: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------
 # 06-benchmark's own rows
-
-
-def _tracking_loop(engine, frames: list[np.ndarray], box: list[float]):
-    """One call = one tracked frame; the clip restarts (untimed init) when it runs out."""
-    tracker = SiamMaskTracker(engine)
-    cycle = itertools.cycle(range(1, len(frames)))
-
-    def step():
-        index = next(cycle)
-        if index == 1:
-            tracker.init(frames[0], box)
-        return tracker.track(frames[index])
-
-    return step
 
 
 def derived_rows(graph_rows: list[dict]) -> list[dict]:

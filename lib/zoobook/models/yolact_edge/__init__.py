@@ -5,7 +5,8 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights), ``preprocess.py``,
 shared stages, :mod:`zoobook.stages`).
 """
 
-from zoobook.stages.spec import GraphSpec, ModelSpec, Published, Section
+from zoobook.stages.spec import PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, GraphSpec, ModelSpec, Published, \
+    Section
 
 _PORT = "Ascend/ModelZoo-PyTorch ACL_PyTorch/built-in/cv/YolactEdge_for_PyTorch README"
 
@@ -17,17 +18,15 @@ GRAPH = GraphSpec(
 
 #: what the book's summary shows of the records, in this order
 SECTIONS = (
-    Section("02-export", "parity", "parity", "Export: ONNX Runtime against PyTorch"),
-    Section("03-convert", "parity", "parity", "Convert: compiled model against ONNX"),
-    Section("05-evaluate", "accuracy", "accuracy", "Accuracy: measured and published"),
-    Section("05-evaluate", "agreement", "agreement", "Agreement with the PyTorch reference"),
+    *PARITY_SECTIONS,
+    *SCORE_SECTIONS,
     Section("06-benchmark", "graph", "speed", "Speed of the graph",
             "Latency per call (one batch), warm-up excluded, candidates interleaved call by call."),
     Section("06-benchmark", "end_to_end", "speed", "Speed end to end",
             "Per image at batch 1: read, preprocess, graph, host heads, NMS and masks."),
     Section("06-benchmark", "speedup", "derived", "Speed-up over PyTorch eager",
             "Ratio of the mean graph latencies above, per batch size."),
-    Section("06-benchmark", "published", "published", "Published speed (not measured here)", digits=2),
+    PUBLISHED_SPEED,
 )
 
 SPEC = ModelSpec(
