@@ -1,7 +1,7 @@
 # make test   fresh machine: venv, install, kernel, test suite
 # make book   fresh machine: venv, install, kernel, run every model's stages, build the book
 # make lab    JupyterLab on the notebooks, with the project's kernel
-# make lock   re-resolve requirements.txt (and requirements-lab.txt) to the newest versions
+# make lock   re-resolve pylock.toml (and pylock.lab.toml) to the newest versions
 #             pyproject.toml allows; a reviewed change: run `make test` on it before committing
 
 VENV    ?= .venv
@@ -11,17 +11,25 @@ BACKEND ?= auto
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 STAMP   := $(VENV)/.zoobook-installed
+PIPPIN  := pip==26.3
+# The lock is PEP 751's pylock.toml. pip-tools resolves the ranges of pyproject.toml (newest
+# versions allowed, hashes), `pip lock` writes that resolution as pylock.toml with each wheel's
+# address and sha256: every package from PyPI, torch's CPU build from TORCH_WHEELS.
 LOCKENV := .lock-venv
-COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCKENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+TORCH_WHEELS ?= /opt/wheels
+COMPILE := $(LOCKENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
            --no-emit-index-url --no-emit-find-links --upgrade -c constraints.txt
+PIPLOCK := $(LOCKENV)/bin/pip lock -q --isolated --index-url https://pypi.org/simple \
+           --find-links $(TORCH_WHEELS) --no-deps -c constraints.txt
 
 .PHONY: install test book lab lock clean
 
-# Every package at the version and hash in requirements.txt, then the library itself
-# (editable, no dependencies: the lock already holds them all).
-$(STAMP): requirements.txt pyproject.toml constraints.txt
+# Every package at the version and hash in pylock.toml (pip >= 25.1 installs a PEP 751 lock
+# and checks every hash), then the library itself (editable, no dependencies: the lock holds them).
+$(STAMP): pylock.toml pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) --require-hashes -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q $(PIPPIN)
+	$(PIP) -r pylock.toml
 	$(PIP) --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name zoobook --display-name "Zoo Book (.venv)" >/dev/null
 	touch $@
@@ -36,14 +44,17 @@ book: install
 	@echo "open _build/html/index.html"
 
 lab: install
-	$(PIP) --require-hashes -r requirements-lab.txt
+	$(PIP) -r pylock.lab.toml
 	$(VENV)/bin/jupyter lab notebooks
 
 lock:
 	test -x $(LOCKENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCKENV) && \
-	    $(LOCKENV)/bin/pip install --disable-pip-version-check -q pip-tools==7.6.2; }
-	$(COMPILE) --extra test -o requirements.txt pyproject.toml
-	$(COMPILE) -c requirements.txt --extra test --extra lab -o requirements-lab.txt pyproject.toml
+	    $(LOCKENV)/bin/pip install --disable-pip-version-check -q $(PIPPIN) pip-tools==7.6.2; }
+	rm -f $(LOCKENV)/resolved*.txt
+	$(COMPILE) --extra test -o $(LOCKENV)/resolved.txt pyproject.toml
+	$(COMPILE) -c $(LOCKENV)/resolved.txt --extra test --extra lab -o $(LOCKENV)/resolved-lab.txt pyproject.toml
+	$(PIPLOCK) -r $(LOCKENV)/resolved.txt -o pylock.toml
+	$(PIPLOCK) -r $(LOCKENV)/resolved-lab.txt -o pylock.lab.toml
 
 clean:
 	rm -rf _build runs book/summary.md book/*/[0-9][0-9]-*.ipynb

@@ -75,25 +75,20 @@ def test_stage_record_fields():
     assert record["status"] == "ok" and record["metrics"]["m"] == 0.5 and record["versions"]["torch"].startswith("2.13.0")
 
 
-def _locked(path: Path) -> dict[str, tuple[str, int]]:
-    """A pip-compile lock -> {canonical name: (version, number of hashes)}."""
+def _locked(path: Path) -> dict[str, tuple[str, list[dict]]]:
+    """A PEP 751 lock -> {canonical name: (version, its wheels and sdist entries)}."""
     from packaging.utils import canonicalize_name
 
-    locked, name = {}, None
-    for line in path.read_text().splitlines():
-        pinned = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line)
-        if pinned:
-            name = canonicalize_name(pinned[1])
-            locked[name] = (pinned[2], 0)
-        elif line.strip().startswith("--hash=sha256:") and name:
-            locked[name] = (locked[name][0], locked[name][1] + 1)
-    return locked
+    lock = tomllib.loads(path.read_text())
+    assert lock["lock-version"] == "1.0", path
+    return {canonicalize_name(p["name"]): (p["version"], p.get("wheels", []) + ([p["sdist"]] if "sdist" in p else []))
+            for p in lock["packages"]}
 
 
-@pytest.mark.parametrize("lock,extras", [("requirements.txt", ["test"]), ("requirements-lab.txt", ["test", "lab"])])
+@pytest.mark.parametrize("lock,extras", [("pylock.toml", ["test"]), ("pylock.lab.toml", ["test", "lab"])])
 def test_lock_pins_every_declared_dependency_with_hashes(lock, extras):
-    """Each lock holds every dependency pyproject.toml declares, at a version its range allows,
-    and every locked package has at least one sha256 (pip's hash-checking mode needs all)."""
+    """Each lock holds every dependency pyproject.toml declares, at a version its range allows;
+    every locked package has a file with an address and a sha256 (pip checks them on install)."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
@@ -103,21 +98,26 @@ def test_lock_pins_every_declared_dependency_with_hashes(lock, extras):
     for requirement in map(Requirement, declared):
         version, _ = locked[canonicalize_name(requirement.name)]
         assert requirement.specifier.contains(version, prereleases=True), f"{lock}: {requirement} but {version}"
-    assert not [name for name, (_, hashes) in locked.items() if hashes == 0]
+    unhashed = [name for name, (_, files) in locked.items()
+                if not files or not all(re.fullmatch(r"[0-9a-f]{64}", f.get("hashes", {}).get("sha256", "")) and
+                                        (f.get("url") or f.get("path")) for f in files)]
+    assert not unhashed
     assert locked["torch"][0] == "2.13.0+cpu"
 
 
 def test_lab_lock_agrees_with_the_main_lock():
-    main, lab = _locked(ROOT / "requirements.txt"), _locked(ROOT / "requirements-lab.txt")
+    main, lab = _locked(ROOT / "pylock.toml"), _locked(ROOT / "pylock.lab.toml")
     assert {name: main[name][0] for name in main} == {name: lab[name][0] for name in main}
 
 
 def test_environment_yml_and_makefile_install_the_lock():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert pip == ["--require-hashes", "-r requirements.txt"]
+    assert pip == ["-r pylock.toml"]
+    assert any(str(d).startswith("pip>=25.1") for d in env["dependencies"])
     makefile = (ROOT / "Makefile").read_text()
-    assert "--require-hashes -r requirements.txt" in makefile and "--no-deps" in makefile
+    assert "-r pylock.toml" in makefile and "--no-deps" in makefile
+    assert not list(ROOT.glob("requirements*.txt")), "one lock: pylock.toml"
 
 
 def test_constraints_pin_cpu_torch():
