@@ -104,12 +104,16 @@ def run_fake_npu(model: str) -> tuple[Path, list]:
     from zoobook.runner import run_model
 
     if model not in _FAKE_NPU_RUNS:
-        smoke = Path(os.environ["ZOOBOOK_RUNS"]) / "smoke" / model / "artifacts"
+        smoke = Path(os.environ["ZOOBOOK_RUNS"]) / "smoke"
         run_smoke(model)
         folder = Path(tempfile.mkdtemp(prefix=f"fake-npu-{model}-", dir=Path(os.environ["ZOOBOOK_RUNS"]).parent))
-        shutil.copytree(smoke, folder / "runs" / "smoke" / model / "artifacts", copy_function=os.link,
+        # the upstream stages' records and artifacts (linked: stages replace files, never
+        # rewrite them), the generated datasets; not what the stages run here will write
+        shutil.copytree(smoke / model, folder / "runs" / "smoke" / model, copy_function=os.link,
                         ignore=shutil.ignore_patterns("outputs", "compiled", "results", "scores", "demo",
-                                                      "evaluation.json"))
+                                                      "evaluation.json", "0[3-6]-*", ".lock*", ".previous"))
+        if (smoke / "datasets").is_dir():
+            shutil.copytree(smoke / "datasets", folder / "runs" / "smoke" / "datasets", copy_function=os.link)
         env = {"ZOOBOOK_RUNS": str(folder / "runs"), "FAKE_ASCEND_LOG": str(folder / "atc.log"),
                "PATH": f"{FAKES / 'bin'}{os.pathsep}{os.environ['PATH']}",
                "PYTHONPATH": f"{FAKES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

@@ -63,7 +63,7 @@ def test_ascend_convert_casts_the_rois_then_runs_atc(smoke_run, fake_ascend, tmp
     with pytest.raises(Exception, match="RoiAlign"):
         steps.convert(run, "ascend", backend_options={"soc_version": "Ascend310P3"})
     record = run.compiled("ascend")
-    cast = run.path("compiled") / "retinamask_cast.onnx"
+    cast = run.path("compiled/ascend") / "retinamask_cast.onnx"
     assert record["artifacts"]["retinamask"]["1"].endswith(".om")
     assert len(record["rewrites"]["retinamask"]["casts"]) == 3  # P3, P4, P5
     logged = json.loads(fake_ascend.read_text().splitlines()[-1])

@@ -105,7 +105,7 @@ def test_the_tracker_over_the_fake_npu_keeps_lock_step_with_pytorch(smoke_run):
     folder, results = run_fake_npu("siammask")
     assert [r.status for r in results] == ["ok"] * len(results), [r.error for r in results]
     compiled = folder / "runs" / "smoke" / "siammask" / "artifacts" / "compiled"
-    assert sorted(p.name for p in compiled.glob("*.om")) == ["mask.om", "refine.om", "search.om", "template.om"]
+    assert sorted(p.name for p in (compiled / "ascend").glob("*.om")) == ["mask.om", "refine.om", "search.om", "template.om"]
     evaluate = fake_npu_record(folder, "siammask", "05-evaluate")
     assert evaluate["backend"] == "ascend" and evaluate["metrics"]["lockstep"]["mean_mask_iou"] > 0.98
 

@@ -102,7 +102,7 @@ def test_convert_to_benchmark_on_the_fake_ascend_toolchain(model):
     assert convert["metrics"]["parity_passed"]
     compiled = json.loads((folder / "runs" / "smoke" / model / "artifacts" / "compiled" / "ascend.json").read_text())
     artifacts = {Path(a).name for by_batch in compiled["artifacts"].values() for a in by_batch.values()}
-    oms = {p.name for p in (folder / "runs" / "smoke" / model / "artifacts" / "compiled").glob("*.om")}
+    oms = {p.name for p in (folder / "runs" / "smoke" / model / "artifacts" / "compiled" / "ascend").glob("*.om")}
     assert artifacts == oms and len(oms) == sum(len(b) for b in compiled["artifacts"].values())
     assert fake_npu_record(folder, model, "05-evaluate")["backend"] == "ascend"
     bench = fake_npu_record(folder, model, "06-benchmark")

@@ -12,6 +12,17 @@ from typing import Any
 import numpy as np
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: the mode a plain ``open(path, "w")`` would give (0644 under the usual umask 022): the
+#: temporary files of :func:`tempfile.mkstemp` are 0600, and a rename would keep that
+FILE_MODE = 0o666 & ~_umask()
+
+
 def jsonable(value: Any) -> Any:
     """``value`` with NumPy scalars and arrays, tuples and paths turned into JSON types."""
     if isinstance(value, dict):
@@ -36,6 +47,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -60,6 +72,7 @@ def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray], *, compress
     os.close(fd)
     try:
         (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

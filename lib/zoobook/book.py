@@ -27,29 +27,62 @@ from zoobook.stages.spec import ModelSpec, Section
 from zoobook.tables import markdown_table
 
 
-def _placeholder(stage: str, profile: str, model: str) -> nbformat.NotebookNode:
+def _title(model: str, stage: str) -> str:
+    """The stage notebook's own title (its first heading), so every page is named alike."""
+    from zoobook.runner import notebook_path
+
+    source = notebook_path(model, stage)
+    if source.is_file():
+        for cell in nbformat.read(source, as_version=4).cells:
+            for line in cell.source.splitlines():
+                if cell.cell_type == "markdown" and line.startswith("# "):
+                    return line
+    return f"# {stage}"
+
+
+def _verdict(state) -> str:
+    """The line a page starts with when its result is not simply ok."""
+    return f"**State: {state.state}**" + (f": {state.reason}" if state.reason else "")
+
+
+def _placeholder(model: str, state, profile: str) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
+    action = {"running": "It is running now.", "blocked": "It did not run: an upstream stage is not ok."}
     nb.cells = [nbformat.v4.new_markdown_cell(
-        f"# {stage}\n\nThis stage has not been run in the `{profile}` profile. Run it with\n\n"
-        f"```\nzoobook run {model} --stages {stage} --profile {profile}\n```")]
+        f"{_title(model, state.stage)}\n\n{_verdict(state)}\n\n{action.get(state.state, '')} "
+        f"This stage has no executed notebook in the `{profile}` profile. Run it with\n\n"
+        f"```\nzoobook run {model} --stages {state.stage} --profile {profile}\n```")]
     return nb
 
 
 def collect_notebooks(profile: str, root: Path) -> list[Path]:
-    """Copy executed notebooks into ``<root>/book/<model>/``; returns the pages written."""
+    """Copy executed notebooks into ``<root>/book/<model>/``; returns the pages. A page whose
+    stage is not ok starts with its state and why (stale, failed, interrupted); a stage with
+    no executed notebook, or blocked, or running, gets a page titled like the others saying
+    so. A page is rewritten only when it changes, so the book builds incrementally."""
+    from zoobook.runner import stage_states
+
     pages = []
     for model in MODELS:
         target_dir = root / "book" / model
         target_dir.mkdir(parents=True, exist_ok=True)
-        for stage in get_spec(model).stages:
-            source = model_run_dir(profile, model) / f"{stage}.ipynb"
-            target = target_dir / f"{stage}.ipynb"
-            if source.is_file():
-                shutil.copyfile(source, target)
+        for state in stage_states(model, profile):
+            source = model_run_dir(profile, model) / f"{state.stage}.ipynb"
+            target = target_dir / f"{state.stage}.ipynb"
+            if source.is_file() and state.state not in ("not run", "blocked", "running"):
+                nb = nbformat.read(source, as_version=4)
+                if state.state != "ok":
+                    nb.cells.insert(0, nbformat.v4.new_markdown_cell(_verdict(state)))
             else:
-                nbformat.write(_placeholder(stage, profile, model), target)
+                nb = _placeholder(model, state, profile)
+            _write_if_changed(target, nbformat.writes(nb))
             pages.append(target)
     return pages
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
 
 
 #: how a dataset's provenance states its size: the keys each dataset reader uses, in order
@@ -90,21 +123,21 @@ def section_markdown(section: Section, rows: list[dict]) -> list[str]:
     return lines + [markdown_table(rows, section.columns(rows), digits=section.decimals), ""]
 
 
-def _stage_rows(spec: ModelSpec, records: dict[str, dict]) -> list[dict]:
+def _stage_rows(spec: ModelSpec, records: dict[str, dict], profile: str) -> list[dict]:
+    """One row per stage: its state (:func:`zoobook.runner.stage_states`) and why, where it ran."""
+    from zoobook.runner import stage_states
+
     rows = []
-    for stage in spec.stages:
-        r = records.get(stage)
-        if r is None:
-            rows.append({"stage": stage, "status": "not run"})
-            continue
+    for state in stage_states(spec.name, profile):
+        r = records.get(state.stage) or {}
         device = (r.get("device") or {}).get("name") or (r.get("machine") or {}).get("host_cpu")
-        rows.append({"stage": f"[{stage}]({spec.name}/{stage}.ipynb)", "status": r["status"],
-                     "backend": r.get("backend"), "device": device,
-                     "seconds": r.get("duration_s"), "error": (r.get("error") or "")[:200]})
+        rows.append({"stage": f"[{state.stage}]({spec.name}/{state.stage}.ipynb)", "state": state.state,
+                     "backend": r.get("backend"), "device": device, "seconds": r.get("duration_s"),
+                     "why": state.reason[:200]})
     return rows
 
 
-def model_markdown(spec: ModelSpec, records: dict[str, dict]) -> list[str]:
+def model_markdown(spec: ModelSpec, records: dict[str, dict], profile: str = "default") -> list[str]:
     """One model's part of the summary from its records (``{stage: record}``): the stages'
     status, the provenance, then the sections its spec declares, in the spec's order (those
     its records hold rows for). Tables a record holds that no section declares are named,
@@ -112,7 +145,7 @@ def model_markdown(spec: ModelSpec, records: dict[str, dict]) -> list[str]:
     lines = [f"## {spec.title}", ""]
     if not records:
         return lines + ["No stage of this model has run in this profile.", ""]
-    lines += [markdown_table(_stage_rows(spec, records), digits=1), "",
+    lines += [markdown_table(_stage_rows(spec, records, profile), digits=1), "",
               *_provenance_lines(list(records.values())), ""]
     for section in spec.sections:
         rows = ((records.get(section.stage) or {}).get("tables") or {}).get(section.table)
@@ -135,7 +168,7 @@ def summary_markdown(profile: str) -> str:
              "Published figures come from the porting guides and are labelled *published*; every other "
              "number was measured by this run, on the device named beside it.", ""]
     for model in MODELS:
-        lines += model_markdown(get_spec(model), {r["stage"]: r for r in records if r.get("model") == model})
+        lines += model_markdown(get_spec(model), {r["stage"]: r for r in records if r.get("model") == model}, profile)
     return "\n".join(lines)
 
 
@@ -153,7 +186,7 @@ def build_book(profile: str = "default", root: str | Path | None = None) -> Path
     ``root`` holds ``_config.yml``, ``_toc.yml`` and ``book/`` (default: the project root)."""
     root = Path(root) if root else project_root()
     collect_notebooks(profile, root)
-    (root / "book" / "summary.md").write_text(summary_markdown(profile))
+    _write_if_changed(root / "book" / "summary.md", summary_markdown(profile))
     (runs_dir() / profile).mkdir(parents=True, exist_ok=True)
     done = subprocess.run([jupyter_book_executable(), "build", str(root), "--path-output", str(root)],
                           capture_output=True, text=True)

@@ -5,6 +5,9 @@
     zoobook run yolact_edge --stages export,convert --backend onnxruntime -p batch_sizes=[1,4]
     zoobook book --profile default            # run every model's stages, then build the book
     zoobook book --no-run                     # build the book from the records already there
+    zoobook status [yolact_edge]              # each stage: ok, stale (and why), failed, blocked...
+    zoobook book --jobs 2                     # two models at once; --scheduler tcp://host:8786 on a cluster
+    zoobook run yolact_edge --force           # rerun stages that are up to date
 """
 
 from __future__ import annotations
@@ -29,31 +32,66 @@ def _parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
-def _run(args: argparse.Namespace) -> int:
-    from zoobook.runner import run_model
+def _execute(args: argparse.Namespace, models: list[str], stages: list[str] | None, overrides: dict) -> int:
+    """Run the stages of ``models``: one line as each starts and ends, a bar over all of them.
+    Returns 1 when a stage failed or was blocked, 130 when interrupted, else 0."""
+    from tqdm import tqdm
 
+    from zoobook.runner import LockHeld, chosen_stages, run_chains
+
+    total = sum(len(chosen_stages(m, stages)) for m in models)
+    bar = tqdm(total=total, unit="stage", desc="stages", dynamic_ncols=True, file=sys.stderr)
+    counts: dict[str, int] = {}
+
+    def started(model: str, stage: str) -> None:
+        tqdm.write(f"{model:12s} {stage:14s} ...")
+
+    def done(r) -> None:
+        state = "skipped" if r.skipped else r.status
+        counts[state] = counts.get(state, 0) + 1
+        tqdm.write(f"{r.model:12s} {r.stage:14s} {state:11s} {r.seconds:8.1f}s"
+                   + (" (up to date)" if r.skipped else "") + (f"\n    {r.error}" if r.error else ""))
+        bar.update(1)
+
+    try:
+        results = run_chains(models, stages, profile=args.profile, backend=args.backend, overrides=overrides,
+                             force=args.force, wait=args.wait, jobs=args.jobs, scheduler=args.scheduler,
+                             kernel=args.kernel, timeout=args.timeout, on_start=started, on_done=done)
+    except KeyboardInterrupt:
+        bar.close()
+        print("interrupted: the running stage is recorded as interrupted", file=sys.stderr)
+        return 130
+    except (LockHeld, ValueError) as err:
+        bar.close()
+        print(f"zoobook: {err}", file=sys.stderr)
+        return 2
+    bar.close()
+    print("stages: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    return 1 if any(r.status in ("failed", "blocked") for rs in results.values() for r in rs) else 0
+
+
+def _run(args: argparse.Namespace) -> int:
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
-    results = run_model(args.model, stages, profile=args.profile, backend=args.backend,
-                        overrides=_parse_overrides(args.param), kernel=args.kernel, timeout=args.timeout,
-                        progress=True)
-    for r in results:
-        print(f"{r.model:12s} {r.stage:14s} {r.status:6s} {r.seconds:8.1f}s  {r.notebook}"
-              + (f"\n    {r.error}" if r.error else ""))
-    return 0 if all(r.status == "ok" for r in results) else 1
+    return _execute(args, [args.model], stages, _parse_overrides(args.param))
 
 
 def _book(args: argparse.Namespace) -> int:
     from zoobook.book import build_book
-    from zoobook.runner import run_model
 
-    failed = 0
-    if not args.no_run:
-        for model in MODELS:
-            for r in run_model(model, profile=args.profile, backend=args.backend, kernel=args.kernel, progress=True):
-                print(f"{r.model:12s} {r.stage:14s} {r.status:6s} {r.seconds:8.1f}s" + (f"  {r.error}" if r.error else ""))
-                failed += r.status != "ok"
+    status = 0 if args.no_run else _execute(args, list(MODELS), None, {})
+    if status == 130:
+        return status
     index = build_book(args.profile)
-    print(f"book: {index}" + (f" ({failed} stage(s) failed: see the summary page)" if failed else ""))
+    print(f"book: {index}" + (" (stages failed or were blocked: see the summary page)" if status else ""))
+    return status
+
+
+def _status(args: argparse.Namespace) -> int:
+    from zoobook.runner import stage_states
+
+    for model in [args.model] if args.model else MODELS:
+        for s in stage_states(model, args.profile, args.backend):
+            print(f"{model:12s} {s.stage:14s} {s.state:11s} {s.reason}".rstrip())
     return 0
 
 
@@ -97,9 +135,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--stages", help="comma-separated: 02-export, export or 02 (default: all)")
     book = sub.add_parser("book", help="run all models' stages and build the Jupyter Book")
     book.add_argument("--no-run", action="store_true", help="only build the book from existing records")
-    for p in (run, book):
+    status = sub.add_parser("status", help="each stage: ok, stale (and why), running, interrupted, failed, "
+                                           "blocked or not run")
+    status.add_argument("model", nargs="?", choices=MODELS)
+    for p in (run, book, status):
         p.add_argument("--profile", default="default", choices=PROFILES)
         p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
+    for p in (run, book):
+        p.add_argument("--force", action="store_true", help="rerun stages that are up to date")
+        p.add_argument("--wait", action="store_true", help="wait for another run of the same model to end")
+        p.add_argument("--jobs", type=int, default=1, help="models run at once on this machine (Dask LocalCluster)")
+        p.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask cluster (tcp://host:8786)")
         p.add_argument("--kernel", help="Jupyter kernel (default: the project's 'zoobook' kernel)")
         p.add_argument("--timeout", type=int, default=3600, help="per-cell timeout in seconds")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
@@ -110,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     stages.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                         help="the backend that {backend} in the paths stands for")
     args = parser.parse_args(argv)
-    return {"run": _run, "book": _book, "list": _list, "stages": _stages}[args.command](args)
+    return {"run": _run, "book": _book, "list": _list, "stages": _stages, "status": _status}[args.command](args)
 
 
 if __name__ == "__main__":

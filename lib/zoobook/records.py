@@ -18,7 +18,8 @@ from zoobook.atomic import write_json_atomic
 from zoobook.machine import git_commit, machine, versions
 from zoobook.paths import model_run_dir, runs_dir
 
-STATUSES = ("ok", "failed", "running")
+#: what a record's ``status`` may say (see :mod:`zoobook.runner` for each one's meaning)
+STATUSES = ("ok", "failed", "running", "interrupted", "blocked")
 
 
 def record_path(profile: str, model: str, stage: str) -> Path:
@@ -34,7 +35,7 @@ def read_records(profile: str) -> list[dict]:
     """Every record of a profile, sorted by model and stage."""
     root = runs_dir() / profile
     records = []
-    for path in sorted(root.glob("*/*.json")):
+    for path in sorted(p for p in root.glob("*/*.json") if not p.name.startswith(".")):
         try:
             records.append(json.loads(path.read_text()))
         except json.JSONDecodeError as err:
@@ -57,7 +58,11 @@ class StageRecorder:
     """
 
     def __init__(self, model: str, stage: str, profile: str, backend: str | None = None,
-                 parameters: dict | None = None) -> None:
+                 parameters: dict | None = None, *, check: bool = True) -> None:
+        if check:  # bad values stop the notebook here, before any work
+            from zoobook.params import check_values
+
+            check_values(model, stage, dict(parameters or {}))
         if backend == "auto":
             from zoobook.backends import resolve
 
@@ -74,7 +79,9 @@ class StageRecorder:
         self.error_details: dict[str, Any] | None = None
         _watch_cells(self)
 
-    def finish(self, status: str = "ok", error: str | None = None) -> Path:
+    def finish(self, status: str = "ok", error: str | None = None, **extra: Any) -> Path:
+        """Write the record; ``extra`` adds fields (the runner's ``host`` and ``pid`` of a
+        running stage, ``notes``, ``error_details``) where they are not None."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}")
         record = {
@@ -88,6 +95,7 @@ class StageRecorder:
         }
         if self.error_details is not None:
             record["error_details"] = self.error_details
+        record.update({k: v for k, v in extra.items() if v is not None})
         return write_json_atomic(record_path(self.profile, self.model, self.stage), record)
 
 

@@ -163,7 +163,7 @@ class Port:
         """What ``stage`` reads and writes (:class:`~zoobook.stages.spec.StageIO`)."""
         data = (self.manifest_file, *self.data_files)
         onnx = ("export.json", *self.onnx_files)
-        compiled = ("compiled/{backend}.json", "compiled/*")
+        compiled = ("compiled/{backend}.json", "compiled/{backend}/*")
         outputs = (self.output_files,)
         dataset = (f"data/{self.dataset_dir}",) if self.dataset_dir else ()
         weights = (f"data/weights/{self.weights_file}",) if self.weights_file else ()
@@ -172,7 +172,7 @@ class Port:
             "02-export": StageIO("02-export", ("01-data",), reads=data, writes=onnx, inputs=weights),
             "03-convert": StageIO("03-convert", ("01-data", "02-export"), reads=(*data, *onnx), writes=compiled),
             "04-infer": StageIO("04-infer", ("01-data", "02-export", "03-convert"), reads=(*data, *onnx, *compiled),
-                                writes=outputs),
+                                writes=outputs, resumable=True),
             "05-evaluate": StageIO("05-evaluate", ("01-data", "02-export", "04-infer"),
                                    reads=(*data, *onnx, *outputs), writes=self.evaluate_files, inputs=dataset),
             "06-benchmark": StageIO("06-benchmark", ("01-data", "02-export", "03-convert"),

@@ -138,7 +138,9 @@ class StageIO:
     uses; ``reads`` and ``writes``, paths (glob patterns) under the run's artifacts folder,
     ``{backend}`` standing for the stage's backend; ``inputs``, paths outside the run
     (relative to the project: real data and weights under ``data/``); ``parameters``, the
-    names of its notebook's parameters that change its result."""
+    names of its notebook's parameters that change its result; ``resumable``, whether it keeps
+    its finished items across an interruption (an interrupted run resumes them) rather than
+    being undone as a whole."""
 
     stage: str
     upstream: tuple[str, ...] = ()
@@ -146,6 +148,7 @@ class StageIO:
     writes: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
     parameters: tuple[str, ...] = ()
+    resumable: bool = False
 
     def paths(self, backend: str) -> dict[str, list[str]]:
         """``reads`` and ``writes`` with ``{backend}`` filled in."""

@@ -112,7 +112,7 @@ def convert(run: Run, backend: str = "auto", *, batch_sizes: list[int] | None = 
     port = run.port
     options = backend_options or {}
     engine = get_backend(info.name, **{**port.backend_defaults.get(info.name, {}), **options})
-    folder = run.path("compiled")
+    folder = run.path(f"compiled/{info.name}")
     folder.mkdir(parents=True, exist_ok=True)
     artifacts: dict[str, dict[str, str]] = {}
     rewrites: dict[str, dict] = {}

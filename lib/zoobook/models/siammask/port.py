@@ -193,14 +193,14 @@ class SiamMaskPort(Port):
         beside the backend's)."""
         data = (self.manifest_file, *self.data_files)
         onnx = ("export.json", *self.onnx_files)
-        compiled = ("compiled/{backend}.json", "compiled/*")
+        compiled = ("compiled/{backend}.json", "compiled/{backend}/*")
         trained = (train_stage.HANDOFF, "train/*p/*")
         results = ("results/{backend}/*", f"results/{REFERENCE}/*", f"results/{TRAINED}/*",
                    "demo/{backend}.npz", f"demo/{REFERENCE}.npz")
         return {
             "00-train": StageIO("00-train", writes=trained, inputs=(f"data/{train_stage.REAL_ROOT}",),
                                 parameters=("preset", "processes", "epochs", "batch_size", "pairs", "videos",
-                                            "frames", "require_real", "seed")),
+                                            "frames", "require_real", "seed"), resumable=True),
             "01-data": StageIO("01-data", writes=data, inputs=(f"data/{self.dataset_dir}", f"data/samples/{DEMO}"),
                                parameters=("num_sequences", "num_frames", "require_real", "seed", "demo_frames")),
             "04-infer": StageIO("04-infer", ("00-train", "01-data", "02-export", "03-convert"),
