@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -119,10 +120,14 @@ def run_fake_npu(model: str) -> tuple[Path, list]:
                "PYTHONPATH": f"{FAKES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
+        sys.path.insert(0, str(FAKES))  # the runner resolves "auto" as the kernels will
         try:
             results = run_model(model, FAKE_NPU_STAGES, profile="smoke", backend="auto",
                                 overrides=FAKE_NPU_OVERRIDES.get(model), timeout=900)
         finally:
+            sys.path.remove(str(FAKES))
+            for name in [m for m in sys.modules if m.startswith("ais_bench")]:
+                del sys.modules[name]
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)

@@ -15,7 +15,7 @@ import pytest
 
 from zoobook.models import MODELS, get_port, get_spec, open_run
 from zoobook.records import read_record
-from zoobook.runner import run_model
+from zoobook.runner import default_kernel, notebook_path, run_model
 from zoobook.stages import steps
 
 from .conftest import assert_all_stages_ok, fake_npu_record, run_fake_npu, run_smoke
@@ -109,12 +109,21 @@ def test_convert_to_benchmark_on_the_fake_ascend_toolchain(model):
     assert {r["candidate"] for r in bench["tables"]["graph"]} == {"torch", "onnxruntime", "ascend"}
 
 
-def test_a_stage_before_its_upstream_fails_and_the_others_go_on(model, monkeypatch, tmp_path):
+def test_a_stage_whose_upstream_has_not_run_is_blocked_and_its_notebook_says_what_to_run(model, monkeypatch,
+                                                                                         tmp_path):
+    """The runner does not start 02-export before 01-data has run: it records it blocked,
+    naming the upstream. Run by hand (papermill, no runner), the notebook itself stops with
+    what to run first, and keeps the error."""
+    import papermill
+
     monkeypatch.setenv("ZOOBOOK_RUNS", str(tmp_path / "runs"))
-    results = run_model(model, ["export", "data"], profile="smoke", timeout=600)
-    assert [(r.stage, r.status) for r in results] == [("02-export", "failed"), ("01-data", "ok")]
-    assert f"run stage 01-data of {model} first" in results[0].error
+    (result,) = run_model(model, ["export"], profile="smoke", timeout=600)
+    assert result.status == "blocked" and result.error.startswith("upstream 01-data is not run"), result.error
     record = read_record("smoke", model, "02-export")
-    assert record["status"] == "failed" and "01-data" in record["error"]
-    executed = nbformat.read(results[0].notebook, as_version=4)  # kept, with the error in it
+    assert record["status"] == "blocked" and "01-data" in record["error"]
+    executed = tmp_path / "02-export.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError, match=f"run stage 01-data of {model} first"):
+        papermill.execute_notebook(str(notebook_path(model, "02-export")), str(executed), parameters={"profile": "smoke"},
+                                   kernel_name=default_kernel(), cwd=str(notebook_path(model, "02-export").parent))
+    executed = nbformat.read(executed, as_version=4)  # kept, with the error in it
     assert any(o.get("output_type") == "error" for c in executed.cells for o in c.get("outputs", []))

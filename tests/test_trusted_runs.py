@@ -221,7 +221,9 @@ def test_a_bad_image_halfway_fails_01_data_and_leaves_the_previous_inputs_whole(
     marked.write_bytes(b"\0" * 16 + first.read_bytes()[16:])
     os.replace(marked, first)  # a new file: the session's run keeps its own
     before = globbed(artifacts, ["inputs/*"], HashCache())
-    images = sorted((smoke_copy.parent / "datasets").rglob("val2017/*.jpg"))
+    used = _record(smoke_copy, "01-data")["parameters"]  # the generated set 01-data reads
+    images = sorted((smoke_copy.parent / "datasets" / f"coco-synthetic-{used['num_images']}-s{used['seed']}"
+                     / "val2017").glob("*.jpg"))
     broken = images[1].with_name(".broken")
     broken.write_bytes(b"not a jpeg")
     os.replace(broken, images[1])
