@@ -100,6 +100,17 @@ def test_a_second_run_skips_every_stage_and_one_changed_notebook_reruns_it_and_i
     assert not forced[0].skipped and forced[0].status == "ok"
 
 
+def test_status_prints_each_stage_with_its_state_and_why(smoke_copy):
+    manifest = smoke_copy / "artifacts" / "inputs" / "ids.json"
+    manifest.unlink()
+    proc = _cli("status", MODEL, "--profile", "smoke")
+    out, _ = proc.communicate(timeout=120)
+    lines = out.splitlines()
+    assert proc.returncode == 0 and len(lines) == 6, out
+    assert lines[0].split(None, 3) == [MODEL, "01-data", "stale", "output missing: inputs/ids.json"]
+    assert lines[5].split(None, 3)[:3] == [MODEL, "06-benchmark", "stale"]
+
+
 def test_a_changed_output_or_input_makes_a_stage_stale_with_the_reason(smoke_copy):
     manifest = smoke_copy / "artifacts" / "inputs" / "manifest.json"
     manifest.write_text(manifest.read_text() + " ")

@@ -40,7 +40,8 @@ def _execute(args: argparse.Namespace, models: list[str], stages: list[str] | No
     from zoobook.runner import LockHeld, chosen_stages, run_chains
 
     total = sum(len(chosen_stages(m, stages)) for m in models)
-    bar = tqdm(total=total, unit="stage", desc="stages", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=total, unit="stage", desc="stages", dynamic_ncols=True, file=sys.stderr,
+               disable=None)  # a bar on a terminal; in a log, the lines alone
     counts: dict[str, int] = {}
 
     def started(model: str, stage: str) -> None:

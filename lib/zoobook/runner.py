@@ -420,7 +420,7 @@ def run_stage(model: str, stage: str, *, profile: str = "default", backend: str 
         papermill.execute_notebook(str(source), str(output), parameters=parameters,
                                    kernel_name=kernel or default_kernel(), cwd=str(source.parent),
                                    execution_timeout=timeout, progress_bar=progress, log_output=False,
-                                   extra_arguments=["--log-level=ERROR"])
+                                   extra_arguments=["--log-level=CRITICAL"])
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted (SIGINT or SIGTERM)"
     except Exception as err:  # papermill keeps the executed notebook with the error in it
