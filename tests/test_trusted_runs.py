@@ -261,6 +261,18 @@ def test_a_second_run_of_the_same_model_is_refused_naming_the_holder(tmp_path, m
     assert not (tmp_path / "runs" / "smoke" / MODEL / "01-data.json").exists()
 
 
+def test_a_model_another_run_holds_is_reported_and_the_other_models_go_on(tmp_path, monkeypatch):
+    from zoobook.runner import ModelLock, run_chains
+
+    monkeypatch.setenv("ZOOBOOK_RUNS", str(tmp_path / "runs"))
+    with ModelLock("smoke", MODEL):
+        results = run_chains([MODEL, "retinamask"], ["data"], profile="smoke", backend="auto")
+    assert results["retinamask"][0].status == "ok"
+    (held,) = results[MODEL]
+    assert held.status == "blocked" and f"pid {os.getpid()}" in held.error
+    assert not (tmp_path / "runs" / "smoke" / MODEL / "01-data.json").exists()  # the holder's to write
+
+
 @pytest.mark.parametrize("args,message", [
     (["-p", "iteratons=1"], "'iteratons' (did you mean 'iterations'?)"),
     (["-p", "batch_size=[1]"], "(did you mean 'batch_sizes'?)"),

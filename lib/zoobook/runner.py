@@ -536,7 +536,18 @@ def run_chains(models: list[str], stages: list[str] | None = None, *, jobs: int 
     for model in models:
         check_overrides(model, chosen_stages(model, stages), options.get("overrides"))
     if jobs <= 1 and scheduler is None:
-        return {m: run_model(m, stages, on_start=on_start, on_done=on_done, **options) for m in models}
+        found = {}
+        for model in models:
+            try:
+                found[model] = run_model(model, stages, on_start=on_start, on_done=on_done, **options)
+            except LockHeld as err:  # another run has this model: the others go on
+                if len(models) == 1:
+                    raise
+                found[model] = [StageResult(model, s, "blocked", 0.0, Path(), str(err))
+                                for s in chosen_stages(model, stages)]
+                for result in found[model] if on_done else ():
+                    on_done(result)
+        return found
     from functools import partial
 
     from zoobook.backends import capabilities
