@@ -29,7 +29,7 @@ from typing import Any
 
 from zoobook.atomic import jsonable, write_json_atomic
 from zoobook.machine import git_commit, versions
-from zoobook.paths import project_root
+from zoobook.paths import data_dir, project_root
 
 ABSENT = "absent"
 PARTS = ("notebook", "parameters", "library", "packages", "upstream", "inputs", "reads")
@@ -99,9 +99,15 @@ def globbed(base: Path, patterns: list[str] | tuple[str, ...], cache: HashCache)
 
 
 def inputs(paths: list[str] | tuple[str, ...], cache: HashCache) -> dict[str, Any]:
-    """{project path: {file: hash} or "absent"} for the project's data a stage reads."""
-    root = project_root()
-    return {p: cache.tree(root / p, root) if (root / p).exists() else ABSENT for p in paths}
+    """{project path: {file: hash} or "absent"} for the project's data a stage reads; a
+    ``data/...`` path is looked up in the data folder (``ZOOBOOK_DATA``) first, then in the
+    project (where the shipped samples are)."""
+    root, found = project_root(), {}
+    for path in paths:
+        candidates = ([data_dir() / path.removeprefix("data/")] if path.startswith("data/") else []) + [root / path]
+        where = next((c for c in candidates if c.exists()), None)
+        found[path] = cache.tree(where, where.parent) if where else ABSENT
+    return found
 
 
 def notebook(path: Path) -> str:

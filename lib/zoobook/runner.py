@@ -41,7 +41,7 @@ import tqdm
 from zoobook import fingerprint
 from zoobook.atomic import write_json_atomic
 from zoobook.models import get_port, get_spec
-from zoobook.paths import check_profile, data_dir, model_run_dir, project_root
+from zoobook.paths import check_profile, model_run_dir, project_root
 from zoobook.records import StageRecorder, read_record, record_path
 from zoobook.stages.spec import StageIO
 
@@ -188,7 +188,7 @@ class _Model:
             "notebook": fingerprint.notebook(notebook_path(self.model, stage)),
             "parameters": parameters, "library": self._library, "packages": self._packages,
             "upstream": upstream_keys,
-            "inputs": {p: _input_digest(p, self.cache) for p in io.inputs},
+            "inputs": fingerprint.inputs(io.inputs, self.cache),
             "reads": fingerprint.globbed(artifacts, io.reads, self.cache),
         }
 
@@ -227,17 +227,6 @@ class _Model:
         current["writes"] = self.writes(stage)
         reason = fingerprint.compare(recorded, current)
         return StageState(self.model, stage, "stale" if reason else "ok", reason or "", record)
-
-
-def _input_digest(path: str, cache: fingerprint.HashCache):
-    """The hashes of a project path a stage reads; ``data/...`` is looked up in the data
-    folder (``ZOOBOOK_DATA``) first, then in the project."""
-    root = project_root()
-    candidates = ([data_dir() / path.removeprefix("data/")] if path.startswith("data/") else []) + [root / path]
-    for candidate in candidates:
-        if candidate.exists():
-            return {k: v for k, v in cache.tree(candidate, candidate.parent).items()}
-    return fingerprint.ABSENT
 
 
 def _alive(record: dict) -> bool:
