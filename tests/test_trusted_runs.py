@@ -147,6 +147,11 @@ def sixteen_images(tmp_path, monkeypatch) -> Path:
     return tmp_path / "runs" / "smoke" / MODEL
 
 
+def _finished(outputs: Path) -> list[Path]:
+    """The output files written (not the temporaries of the atomic writes, named ``.*``)."""
+    return [p for p in outputs.glob("*.npz") if not p.name.startswith(".")]
+
+
 def _start_infer_and_wait(folder: Path) -> tuple[subprocess.Popen, list[Path]]:
     """``zoobook run --stages infer`` in a process of its own; returns once two outputs exist."""
     outputs = folder / "artifacts" / "outputs" / "onnxruntime"
@@ -154,7 +159,7 @@ def _start_infer_and_wait(folder: Path) -> tuple[subprocess.Popen, list[Path]]:
         old.unlink()
     proc = _cli("run", MODEL, "--profile", "smoke", "--stages", "infer", "-p", "resume=false", "--force")
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(outputs.glob("*.npz"))) < 2:
+    while time.time() < deadline and len(_finished(outputs)) < 2:
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.05)
     assert _record(folder, "04-infer")["status"] == "running"
@@ -170,7 +175,7 @@ def test_sigint_during_infer_records_interrupted_keeps_finished_items_and_resume
     assert proc.returncode == 130, out
     record = _record(sixteen_images, "04-infer")
     assert record["status"] == "interrupted", record
-    kept = len(list(outputs.glob("*.npz")))
+    kept = len(_finished(outputs))
     assert 2 <= kept < 16
     assert _states()["04-infer"] == "interrupted"
     blocked = run_model(MODEL, ["evaluate"], profile="smoke", backend="auto")[0]
