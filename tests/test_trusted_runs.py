@@ -331,3 +331,19 @@ def test_two_models_on_a_two_worker_dask_cluster_give_the_sequential_records_and
                         if not line.startswith("Built from")])
     assert found["dask"][0] == found["sequential"][0]
     assert found["dask"][1] == found["sequential"][1]
+
+
+def test_a_fingerprint_comparison_names_the_first_part_that_differs():
+    """Compared as recorded (JSON: a tuple is a list), each part in order, then the outputs."""
+    from zoobook.fingerprint import compare
+
+    recorded = {"notebook": "n", "parameters": {"input_size": [320, 320]}, "library": "l", "packages": {"numpy": "2"},
+                "upstream": {"01-data": "k"}, "inputs": {"data/coco": "absent"}, "reads": {"a.bin": "1"},
+                "writes": {"b.onnx": "2", "c.json": "3"}}
+    assert compare(recorded, {**recorded, "parameters": {"input_size": (320, 320)}}) is None
+    assert compare(recorded, {**recorded, "parameters": {"input_size": (320, 352)}}) == \
+        "parameters changed: input_size [320, 320] -> [320, 352]"
+    assert compare(recorded, {**recorded, "upstream": {"01-data": "j"}}) == "upstream changed: 01-data"
+    assert compare(recorded, {**recorded, "writes": {"b.onnx": "2"}}) == "output missing: c.json"
+    assert compare(recorded, {**recorded, "writes": {"b.onnx": "9", "c.json": "3"}}) == "output changed: b.onnx"
+    assert compare(None, recorded).startswith("no fingerprint")

@@ -141,6 +141,7 @@ def compare(recorded: dict | None, current: dict) -> str | None:
     in words, or None when it does."""
     if not recorded:
         return "no fingerprint (run before fingerprints were kept, or outside the runner)"
+    current = json.loads(json.dumps(jsonable(current)))  # as recorded: tuples are lists, keys strings
     for part in PARTS:
         old, new = recorded.get(part), current.get(part)
         if old != new:
