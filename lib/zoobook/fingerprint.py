@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from zoobook.atomic import jsonable, write_json_atomic
-from zoobook.machine import git_commit, versions
 from zoobook.paths import data_dir, project_root
 
 ABSENT = "absent"
@@ -43,8 +42,9 @@ def digest_json(value: Any) -> str:
 class HashCache:
     """Content hashes of files, reused while a file keeps its size and modification time."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path
+    def __init__(self, path: Path | None = None, *, hashing: bool = True) -> None:
+        """``hashing`` off: :meth:`tree` and :func:`globbed` only list files (hashes "")."""
+        self.path, self.hashing = path, hashing
         self._entries: dict[str, list] = {}
         self._changed = False
         if path is not None and path.is_file():
@@ -54,6 +54,8 @@ class HashCache:
                 self._entries = {}
 
     def file(self, path: Path) -> str:
+        if not self.hashing:
+            return ""
         stat = path.stat()
         key = str(path.resolve())
         entry = self._entries.get(key)
@@ -168,12 +170,3 @@ def _detail(part: str, old: Any, new: Any) -> str:
 
 def _few(names: list[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
-
-
-def provenance() -> dict:
-    """The git commit (``-dirty`` when the tree has uncommitted changes), for reading."""
-    return {"commit": git_commit()}
-
-
-def packages() -> dict:
-    return versions()

@@ -40,6 +40,7 @@ import tqdm
 
 from zoobook import fingerprint
 from zoobook.atomic import write_json_atomic
+from zoobook.machine import git_commit, versions
 from zoobook.models import get_port, get_spec
 from zoobook.paths import check_profile, model_run_dir, project_root
 from zoobook.records import StageRecorder, read_record, record_path
@@ -51,7 +52,6 @@ KERNEL_NAME = "zoobook"
 _TQDM_VERSION = tqdm.__version__
 #: parameters the runner sets from its own options, never from ``overrides``
 RESERVED = ("profile", "backend")
-STATES = ("ok", "stale", "running", "interrupted", "failed", "blocked", "not run")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -182,7 +182,7 @@ class _Model:
         io = self.io(stage)
         if self._library is None:
             self._library = fingerprint.library(self.model, self.cache)
-            self._packages = fingerprint.packages()
+            self._packages = versions()
         artifacts = self.folder / "artifacts"
         return {
             "notebook": fingerprint.notebook(notebook_path(self.model, stage)),
@@ -303,7 +303,7 @@ def _set_aside(ctx: _Model, stage: str) -> None:
     """Move what ``stage`` wrote before into ``.previous/<stage>/`` (same relative paths)."""
     artifacts, backup = ctx.folder / "artifacts", _previous(ctx.folder, stage)
     shutil.rmtree(backup, ignore_errors=True)
-    for rel in fingerprint.globbed(artifacts, ctx.io(stage).writes, _NoHash()):
+    for rel in fingerprint.globbed(artifacts, ctx.io(stage).writes, fingerprint.HashCache(hashing=False)):
         target = backup / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(artifacts / rel, target)
@@ -317,7 +317,7 @@ def _settle(ctx: _Model, stage: str, ok: bool) -> None:
     if not backup.is_dir():
         return
     if not ok:
-        for rel in fingerprint.globbed(artifacts, ctx.io(stage).writes, _NoHash()):
+        for rel in fingerprint.globbed(artifacts, ctx.io(stage).writes, fingerprint.HashCache(hashing=False)):
             (artifacts / rel).unlink()
         for path in sorted(p for p in backup.rglob("*") if p.is_file()):
             target = artifacts / path.relative_to(backup)
@@ -341,15 +341,6 @@ def recover(ctx: _Model) -> list[str]:
                 _write_status(ctx, backup.name, "interrupted", record.get("parameters", {}),
                               "the run was killed; its previous outputs were restored")
     return done
-
-
-class _NoHash:
-    """A stand-in for :class:`~zoobook.fingerprint.HashCache` that lists files without hashing."""
-
-    def tree(self, path: Path, base: Path) -> dict[str, str]:
-        if path.is_file():
-            return {path.relative_to(base).as_posix(): ""}
-        return {p.relative_to(base).as_posix(): "" for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -423,7 +414,7 @@ def run_stage(model: str, stage: str, *, profile: str = "default", backend: str 
         status, message = "failed", "the notebook finished without writing an ok record"
     if status == "ok":
         record["fingerprint"] = {**parts, "writes": ctx.writes(stage),
-                                 "key": fingerprint.key(parts), **fingerprint.provenance()}
+                                 "key": fingerprint.key(parts), "commit": git_commit()}
         write_json_atomic(record_path(profile, model, stage), record)
     else:
         details = record.get("error_details") if record and record.get("status") == "failed" else None
