@@ -64,10 +64,12 @@ BAD = [
     ("yolact_edge", "04-infer", "batch_size", 0),
     ("yolact_edge", "04-infer", "batch_size", True),
     ("semask", "04-infer", "batch_size", 1.0),
-    ("siammask", "06-benchmark", "iterations", 0),
+    ("siammask", "06-benchmark", "min_calls", 0),
     ("siammask", "06-benchmark", "warmup", -1),
-    ("retinamask", "06-benchmark", "images", 0),
-    ("yolact_edge", "06-benchmark", "end_to_end_images", 0),
+    ("retinamask", "06-benchmark", "seconds", -1.0),
+    ("retinamask", "06-benchmark", "seconds", "5"),
+    ("semask", "06-benchmark", "max_calls", 0),
+    ("yolact_edge", "06-benchmark", "host_items", 0),
     ("siammask", "06-benchmark", "tracker_frames", 0),
     ("yolact_edge", "02-export", "opset", 9),
     ("yolact_edge", "02-export", "opset", 18),
@@ -109,10 +111,16 @@ def test_a_bad_value_is_named_with_its_rule(model, stage, name, value):
 
 def test_every_bad_value_is_listed_at_once():
     with pytest.raises(ValueError) as caught:
-        check_values("yolact_edge", "03-convert", {"batch_sizes": [0], "iterations": 0, "soc_version": None})
+        check_values("yolact_edge", "03-convert", {"batch_sizes": [0], "min_calls": 0, "soc_version": None})
     assert str(caught.value) == (
         "yolact_edge 03-convert: bad parameter values: batch_sizes=[0]: must be None (every exported batch size) "
-        "or a non-empty list of distinct integers >= 1; iterations=0: must be an integer >= 1")
+        "or a non-empty list of distinct integers >= 1; min_calls=0: must be an integer >= 1")
+
+
+def test_a_budget_whose_cap_is_below_its_floor_is_refused():
+    with pytest.raises(ValueError, match="min_calls=5, max_calls=2: max_calls must be None or at least min_calls"):
+        check_values("yolact_edge", "06-benchmark", {"min_calls": 5, "max_calls": 2})
+    check_values("yolact_edge", "06-benchmark", {"min_calls": 5, "max_calls": None, "seconds": 0})
 
 
 def test_legal_values_pass():

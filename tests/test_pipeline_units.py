@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from zoobook.bench import benchmark, latency_stats
+from zoobook.bench import Budget, benchmark, latency_stats
 from zoobook.compare import compare_outputs, compare_tensors
 from zoobook.atomic import write_json_atomic
 from zoobook.records import StageRecorder, read_record
@@ -50,7 +50,7 @@ def test_latency_stats():
 def test_benchmark_interleaves_and_excludes_warmup():
     calls = []
     rows = benchmark({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, batch_size=2, warmup=1,
-                     iterations=3, progress=False,
+                     budget=Budget(seconds=0, min_calls=3), progress=False,
                      device_times={"a": lambda: [1.0, 2.0, 3.0], "b": lambda: None})
     assert calls == ["a", "b"] * 4
     assert [r["calls"] for r in rows] == [3, 3]

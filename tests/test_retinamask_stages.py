@@ -37,7 +37,11 @@ def test_records_carry_the_three_candidates_and_agreement(smoke_run):
     assert any(r["source"] == "published" and r["bbox AP"] == 0.279 and r["segm AP"] == 0.248 for r in rows)
     bench = read_record("smoke", "retinamask", "06-benchmark")
     assert {r["candidate"] for r in bench["tables"]["graph"]} == {"torch", "onnxruntime"}
-    assert bench["tables"]["host"][0]["mean_ms"] > 0
+    host = bench["tables"]["host"]
+    assert [r["threads"] for r in host] == sorted({1, len(os.sched_getaffinity(0))}) and all(r["host_ms"] > 0 for r in host)
+    assert {"read", "preprocess", "graph", "nms", "masks"} <= set(host[0])
+    assert [r["loop"] for r in bench["tables"]["pipeline"]] == ["sequential", "pipelined"]
+    assert all(r["same_outputs"] for r in bench["tables"]["pipeline"])
 
 
 def test_original_and_port_conventions_are_kept_apart(smoke_run):

@@ -41,6 +41,12 @@ def test_records_carry_results_and_provenance(smoke_run):
     bench = read_record("smoke", "yolact_edge", "06-benchmark")
     assert {r["candidate"] for r in bench["tables"]["graph"]} == {"torch", "onnxruntime"}
     assert sorted({r["batch_size"] for r in bench["tables"]["graph"]}) == [1, 2]
+    assert {"head", "decode", "nms", "masks"} <= set(bench["tables"]["host"][0])
+    assert all(r["same_outputs"] for r in bench["tables"]["pipeline"])
+    bound = bench["tables"]["deployment"][0]
+    assert bound["device_ms"] == pytest.approx(1000 / 270.35)
+    assert bound["overlapped_fps"] == pytest.approx(1000 / max(bound["host_ms"], bound["device_ms"]))
+    assert bench["tables"]["harness"][0]["bare_ms"] > 0
 
 
 def test_executed_notebooks_keep_outputs_and_committed_ones_do_not(smoke_run):

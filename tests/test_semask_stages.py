@@ -78,6 +78,8 @@ def test_benchmark_reports_throughput_and_memory_per_batch_size(smoke_run):
         assert r["peak_rss_mb"] >= r["rss_loaded_mb"] > r["rss_before_load_mb"] > 0
         assert r["peak"] == "during the calls"
     assert [p["value"] for p in bench["tables"]["published"]] == [4.72, 4.37, 4.13]
+    assert {"read", "preprocess", "graph", "encode"} <= set(bench["tables"]["host"][0])
+    assert all(r["same_outputs"] for r in bench["tables"]["pipeline"])
 
 
 def test_a_last_short_batch_is_padded_to_the_static_graph(smoke_run):

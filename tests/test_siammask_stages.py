@@ -86,6 +86,9 @@ def test_records_and_result_files(smoke_run):
     assert {(r["graph"], r["candidate"]) for r in bench["tables"]["graph"]} == {
         (g, c) for g in ("mask", "refine", "template", "search") for c in ("torch", "onnxruntime")}
     assert len(bench["tables"]["tracker"]) == 3 and all(r["fps"] > 0 for r in bench["tables"]["tracker"])
+    assert {"read", "crop", "graph", "decode", "paste", "polygon"} <= set(bench["tables"]["host"][0])
+    assert all(r["same_outputs"] for r in bench["tables"]["pipeline"])
+    assert bench["tables"]["deployment"][0]["device_ms"] == pytest.approx(4000 / 1673.94)
 
 
 def test_tracking_resumes_only_on_the_same_data_and_model(smoke_run):

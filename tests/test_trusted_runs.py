@@ -279,7 +279,7 @@ def test_a_model_another_run_holds_is_reported_and_the_other_models_go_on(tmp_pa
 
 
 @pytest.mark.parametrize("args,message", [
-    (["-p", "iteratons=1"], "'iteratons' (did you mean 'iterations'?)"),
+    (["-p", "secnds=1"], "'secnds' (did you mean 'seconds'?)"),
     (["-p", "batch_size=[1]"], "(did you mean 'batch_sizes'?)"),
     (["-p", "profile=full"], "profile cannot be set with -p: use --profile"),
     (["-p", "backend=torch"], "backend cannot be set with -p"),

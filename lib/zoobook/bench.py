@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -23,16 +24,48 @@ def latency_stats(times_ms: list[float] | np.ndarray, batch_size: int) -> dict:
             "p99_ms": float(np.percentile(times, 99)), "throughput": batch_size * 1000.0 / mean}
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How long each candidate is timed: calls continue until it has had ``seconds`` of
+    timed calls, at least ``min_calls`` and at most ``max_calls`` of them (``None``: no
+    cap), as ``benchmark_app -t`` and ``ais_bench --loop`` let a user choose. A slow
+    candidate at a large batch then stops at ``min_calls`` instead of taking minutes."""
+
+    seconds: float = 5.0
+    min_calls: int = 3
+    max_calls: int | None = 100
+
+    def __post_init__(self) -> None:
+        if self.min_calls < 1:
+            raise ValueError(f"min_calls must be at least 1, got {self.min_calls}")
+        if self.max_calls is not None and self.max_calls < self.min_calls:
+            raise ValueError(f"max_calls ({self.max_calls}) is below min_calls ({self.min_calls})")
+        if self.seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {self.seconds}")
+
+    def at_least(self, calls: int) -> Budget:
+        """The same budget with at least ``calls`` calls (e.g. one per item of a cycle)."""
+        low = max(self.min_calls, calls)
+        return replace(self, min_calls=low, max_calls=None if self.max_calls is None else max(self.max_calls, low))
+
+    def done(self, calls: int, spent_s: float) -> bool:
+        """Whether a candidate that has had ``calls`` timed calls, ``spent_s`` seconds in all,
+        has had its budget."""
+        if calls < self.min_calls:
+            return False
+        return (self.max_calls is not None and calls >= self.max_calls) or spent_s >= self.seconds
+
+
 def benchmark(candidates: Mapping[str, Callable[[], object]], *, batch_size: int, warmup: int = 2,
-              iterations: int = 10, device_times: Mapping[str, Callable[[], list[float] | None]] | None = None,
+              budget: Budget = Budget(), device_times: Mapping[str, Callable[[], list[float] | None]] | None = None,
               progress: bool = True) -> list[dict]:
-    """Time each zero-argument callable in ``candidates`` ``iterations`` times, interleaved,
-    after ``warmup`` untimed rounds. ``device_times[name]()`` (optional) returns the device
-    compute times the backend measured for the timed calls (e.g. ais_bench's summary).
-    Returns one row per candidate with :func:`latency_stats` and ``device_*`` where known.
+    """Time each zero-argument callable in ``candidates`` within ``budget``, interleaved (one
+    call each per round, for the candidates that have not had their budget yet), after
+    ``warmup`` untimed rounds. ``device_times[name]()`` (optional) returns the device compute
+    times the backend measured for the timed calls (e.g. ais_bench's summary). Returns one
+    row per candidate with :func:`latency_stats` (``calls``: how many were timed) and
+    ``device_*`` where known.
     """
-    if iterations < 1:
-        raise ValueError("iterations must be at least 1")
     for _ in range(warmup):
         for run in candidates.values():
             run()
@@ -41,11 +74,14 @@ def benchmark(candidates: Mapping[str, Callable[[], object]], *, batch_size: int
             read()  # discard the warm-up calls
     timings: dict[str, list[float]] = {name: [] for name in candidates}
     quiet = {} if progress else {"disable": True}  # otherwise tqdm's defaults (TQDM_DISABLE) apply
-    for _ in tqdm(range(iterations), desc=f"batch {batch_size}", leave=False, **quiet):
-        for name, run in candidates.items():
-            start = time.perf_counter()
-            run()
-            timings[name].append((time.perf_counter() - start) * 1000.0)
+    with tqdm(desc=f"batch {batch_size}", unit="round", leave=False, total=budget.max_calls, **quiet) as bar:
+        while waiting := [name for name, t in timings.items() if not budget.done(len(t), sum(t) / 1000.0)]:
+            for name in waiting:
+                run = candidates[name]
+                start = time.perf_counter()
+                run()
+                timings[name].append((time.perf_counter() - start) * 1000.0)
+            bar.update()
     rows = []
     for name, times in timings.items():
         row = {"candidate": name, **latency_stats(times, batch_size)}
@@ -55,6 +91,28 @@ def benchmark(candidates: Mapping[str, Callable[[], object]], *, batch_size: int
             row.update({f"device_{k}": v for k, v in device.items() if k.endswith("_ms") or k == "throughput"})
         rows.append(row)
     return rows
+
+
+def bare_loop_overhead(harness_run: Callable[[], object], raw_run: Callable[[], object], *, budget: Budget, warmup: int = 2,
+                       blocks: int = 3) -> dict:
+    """The harness's overhead on one session: :func:`benchmark` of ``harness_run`` (our
+    backend wrapper, timed call by call) against ``raw_run`` (the runtime's own call, e.g.
+    ``InferenceSession.run``) in a bare loop timed as a whole. They alternate in ``blocks``
+    blocks of the same number of calls, so that drift falls on both; the medians of the
+    blocks' means are compared."""
+    harness, bare = [], []
+    for _ in range(blocks):
+        row = benchmark({"harness": harness_run}, batch_size=1, warmup=warmup, budget=budget, progress=False)[0]
+        harness.append(row["mean_ms"])
+        for _ in range(warmup):
+            raw_run()
+        start = time.perf_counter()
+        for _ in range(row["calls"]):
+            raw_run()
+        bare.append((time.perf_counter() - start) * 1000.0 / row["calls"])
+    h, b = float(np.median(harness)), float(np.median(bare))
+    return {"candidate": "harness vs bare loop", "calls": row["calls"], "blocks": blocks, "harness_ms": h,
+            "bare_ms": b, "mean_ms": h, "overhead_pct": 100.0 * (h - b) / b}
 
 
 def _status_mb(field: str) -> float | None:

@@ -36,9 +36,9 @@ def git_commit() -> str | None:
 
 
 def machine() -> dict:
-    from zoobook.backends.base import _cores, cpu_name
+    from zoobook.backends.base import cpu_name, cpu_threads
 
-    return {"host_cpu": cpu_name(), "cores": _cores(), "memory_gib": memory_gib(), "platform": platform.platform()}
+    return {"host_cpu": cpu_name(), "cores": cpu_threads(), "memory_gib": memory_gib(), "platform": platform.platform()}
 
 
 def memory_gib() -> float | None:

@@ -113,11 +113,13 @@ RULES: dict[str | tuple[str, ...], Rule] = {
     ("siammask", "mode"): one_of(*SIAMMASK_MODES),
     "show_images": integer(0, note="pictures shown"),
     "strip_frames": COUNT,
-    # 06-benchmark: bench.benchmark needs one timed call; the ports would silently raise 0 images to 1
-    "iterations": COUNT,
+    # 06-benchmark: bench.Budget needs one timed call; the ports would silently raise 0 items to 1
+    "seconds": Rule("a number of seconds >= 0 (each candidate's timing budget)",
+                    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0),
+    "min_calls": COUNT,
+    "max_calls": optional(COUNT, "no cap"),
     "warmup": integer(0),
-    "images": COUNT,
-    "end_to_end_images": COUNT,
+    "host_items": COUNT,
     "tracker_frames": COUNT,
     # siammask 00-train
     ("siammask", "preset"): one_of(*SIAMMASK_PRESETS),
@@ -137,7 +139,14 @@ def _global_batch_splits(p: dict) -> bool:
 
 #: checks of several parameters of one stage together: (names, what must hold, check); made
 #: where every name is given and passes its own rule
+def _calls_ordered(p: dict) -> bool:
+    return p["max_calls"] is None or p["max_calls"] >= p["min_calls"]
+
+
+_BUDGET = ((("min_calls", "max_calls"), "max_calls must be None or at least min_calls", _calls_ordered),)
+
 ACROSS: dict[tuple[str, str], tuple[tuple[tuple[str, ...], str, Callable[[dict], bool]], ...]] = {
+    **{(model, "06-benchmark"): _BUDGET for model in ("yolact_edge", "retinamask", "semask", "siammask")},
     ("siammask", "00-train"): ((("preset", "batch_size", "processes"),
                                 "the reference preset's batch_size is the global batch: it must split evenly "
                                 "over every entry of processes", _global_batch_splits),),

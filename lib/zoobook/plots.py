@@ -270,3 +270,32 @@ def training_curves(runs: dict[str, dict], parts: tuple[str, ...] = ("loss", "cl
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def host_time(host_rows: list[dict], device, *, steps: list[str], title: str = "Time per item"):
+    """Stacked horizontal bars of one item's host time: per thread setting, the host's steps
+    (``steps`` in order, the graph left out: on an accelerator it is the device's), and below
+    them the published device time (``device``, a :class:`~zoobook.stages.spec.DeviceTime`, or
+    None): whichever is longer sets a pipelined deployment's pace."""
+    host_steps = [s for s in steps if s != "graph"]
+    bars = len(host_rows) + (device is not None)
+    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.5 * bars))
+    labels = []
+    for y, row in enumerate(host_rows):
+        left = 0.0
+        for k, step in enumerate(host_steps):
+            width = row.get(step, 0.0)
+            ax.barh(y, width, left=left, color=_PALETTE[(2 * k) % 20], label=step if y == 0 else None)
+            left += width
+        labels.append(f"host, {row['threads']} thread{'s' if row['threads'] > 1 else ''}: {row['host_ms']:.1f} ms")
+    if device is not None:
+        ax.barh(len(host_rows), device.ms, color="0.25", hatch="//", edgecolor="white", label="device (published)")
+        labels.append(f"device, published: {device.ms:.2f} ms")
+    ax.set_yticks(range(bars), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"milliseconds per {host_rows[0].get('unit', 'item')}")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="best", ncol=3)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig

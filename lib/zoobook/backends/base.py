@@ -57,7 +57,7 @@ class Backend(ABC):
 
     def device(self) -> dict:
         """What runs the model, for records: never call a CPU an NPU."""
-        return {"backend": self.name, "kind": "cpu", "name": cpu_name(), "cores": _cores()}
+        return {"backend": self.name, "kind": "cpu", "name": cpu_name(), "cores": cpu_threads()}
 
 
 def cpu_name() -> str:
@@ -70,7 +70,8 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cores() -> int:
+def cpu_threads() -> int:
+    """The CPUs this process may run on (its affinity where the OS says, else all)."""
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -27,9 +27,10 @@ Hooks with a default that fits most graphs:
   ``save_output(path, outputs)`` with ``output_suffix``, and ``outputs_key(run)``;
   a port whose inference is not a batch loop (a tracker) gives ``infer(run, backend, ...)``
   instead;
-- 06-benchmark: ``benchmark_graphs`` and ``benchmark_extra(run, candidates, *, backend,
-  graph_rows, iterations, warmup, backend_options, **params)`` for the host, end-to-end and
-  model-specific tables (``backend_options``: {candidate: its options}).
+- 06-benchmark: ``benchmark_graphs``; ``deployment(run, backend, *, items, backend_options)``,
+  the port's per-item loop (read, preprocess, graph, host steps) that the host figures time;
+  ``benchmark_extra(run, candidates, *, backend, graph_rows, budget, warmup, backend_options,
+  **params)`` for model-specific tables (``backend_options``: {candidate: its options}).
 
 Class attributes: ``spec``; ``manifest_file`` (01-data's manifest, relative to the
 artifacts); ``data_files``, ``onnx_files``, ``output_files``, ``evaluate_files`` (glob
@@ -151,10 +152,18 @@ class Port:
 
     # 06-benchmark -------------------------------------------------------------------------
 
-    def benchmark_extra(self, run, candidates: list[str], *, backend: str, graph_rows: list[dict], iterations: int,
+    def deployment(self, run, backend: str, *, items: int, backend_options: dict | None = None):
+        """What a deployment of the port does per item, for 06-benchmark's host figures: a
+        :class:`~zoobook.pipeline.Deployment` whose stages read an item, preprocess it, run the
+        graph (the stage named ``graph``) on ``backend`` and do the host's part, over the
+        first ``items`` items of the run's data."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its deployment")
+
+    def benchmark_extra(self, run, candidates: list[str], *, backend: str, graph_rows: list[dict], budget,
                         warmup: int, backend_options: dict, **params) -> dict[str, list[dict]]:
-        """Tables 06-benchmark adds to the graph timings (``graph_rows``): host steps, end to
-        end, a tracker. ``backend_options``: {candidate: its constructor options or None}."""
+        """Tables 06-benchmark adds to the graph timings (``graph_rows``) and the deployment's:
+        a tracker's, derived figures. ``budget``: the :class:`~zoobook.bench.Budget` of each
+        timing; ``backend_options``: {candidate: its constructor options or None}."""
         return {}
 
     # declarations -------------------------------------------------------------------------

@@ -40,6 +40,20 @@ class Published:
     data: str = ""
 
 
+@dataclass(frozen=True)
+class DeviceTime:
+    """The device's time per item (image, frame) that a porting guide's speed figure implies,
+    and how it follows from that figure: what 06-benchmark sets beside the host's time."""
+
+    ms: float
+    basis: str
+
+    @classmethod
+    def from_fps(cls, fps: float, basis: str, *, per_item: float = 1.0) -> DeviceTime:
+        """``per_item`` calls of a graph published at ``fps`` calls per second make one item."""
+        return cls(per_item * 1000.0 / fps, basis)
+
+
 # ---------------------------------------------------------------------------------------
 # The record's tables: a declared contract
 
@@ -67,6 +81,11 @@ SECTION_KINDS: dict[str, SectionKind] = {
     "memory": SectionKind(("candidate",), digits=1),
     "failures": SectionKind(("error",)),
     "training": SectionKind((), digits=3),
+    "host": SectionKind(("threads", "host_ms"), digits=2),
+    "bound": SectionKind(("threads", "host_ms", "device_ms"), ("threads", "host_ms", "device_ms", "overlapped_fps",
+                                                               "sequential_fps", "bottleneck", "device"), digits=2),
+    "pipeline": SectionKind(("loop", "mean_ms"), ("backend", "loop", "calls", "mean_ms", "throughput", "speedup",
+                                                  "same_outputs", "threads"), digits=2),
     "published": SectionKind(("value",), digits=4),
 }
 
@@ -120,10 +139,24 @@ SCORE_SECTIONS = (
 )
 #: the porting guide's speed figures, as 06-benchmark records them beside its own
 PUBLISHED_SPEED = Section("06-benchmark", "published", "published", "Published speed (not measured here)", digits=2)
+#: 06-benchmark's deployment: where the host's time goes, the bound it sets with the published
+#: device, the pipelined loop, and the harness's own overhead
+HOST_SECTIONS = (
+    Section("06-benchmark", "host", "host", "Where the time goes per item",
+            "Milliseconds per item of each stage and host step, each exclusive (a stage's figure leaves out the "
+            "steps named within it); `graph` ran on this machine's backend, `host_ms` is all the rest."),
+    Section("06-benchmark", "deployment", "bound", "Deployment bound: this host with the published device",
+            "1000 / max(host, device) with host and device overlapped; 1000 / (host + device) one after the other."),
+    Section("06-benchmark", "pipeline", "pipeline", "Sequential against pipelined loop",
+            "The same items through both loops; `same_outputs`: the pipelined loop's results equal the sequential ones."),
+    Section("06-benchmark", "harness", "derived", "Harness overhead",
+            "The benchmark's timing of ONNX Runtime against a bare `InferenceSession.run` loop, batch 1."),
+)
 #: what a model shows unless it declares its own sections
 COMMON_SECTIONS = (
     *PARITY_SECTIONS, *SCORE_SECTIONS,
     Section("06-benchmark", "graph", "speed", "Speed of the graph", "Latency per call (one batch), warm-up excluded."),
+    *HOST_SECTIONS,
     PUBLISHED_SPEED,
 )
 
@@ -167,6 +200,8 @@ class ModelSpec:
     reference: str = ""
     #: the record sections the book shows, in order (the common ones by default)
     sections: tuple[Section, ...] = COMMON_SECTIONS
+    #: the published device time per item, for 06-benchmark's deployment bound (None: none published)
+    device_time: DeviceTime | None = None
 
     def stage_parameters(self, profile: str, stage: str) -> dict:
         """Parameters the runner injects for ``stage`` under ``profile`` (beyond profile and backend)."""

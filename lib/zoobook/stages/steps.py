@@ -11,6 +11,7 @@ Artifacts under ``runs/<profile>/<model>/artifacts/``::
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -280,16 +281,21 @@ def evaluate(run: Run, backend: str, *, reference: bool = True, **params) -> dic
 # 06-benchmark
 
 
-def benchmark(run: Run, backend: str, *, batch_sizes: list[int] | None = None, iterations: int = 10,
-              warmup: int = 2, backend_options: dict | None = None, **params) -> dict:
+def benchmark(run: Run, backend: str, *, batch_sizes: list[int] | None = None, seconds: float = 5.0,
+              min_calls: int = 3, max_calls: int | None = 100, warmup: int = 2,
+              backend_options: dict | None = None, host_items: int = 8, **params) -> dict:
     """Time the graph(s) for the PyTorch reference, the embedded default and ``backend`` where
-    it is neither, at each batch size (default: the exported ones, else 1), warm-up excluded:
+    it is neither, at each batch size (default: the exported ones, else 1), warm-up excluded,
+    each for ``seconds`` of calls (at least ``min_calls``, at most ``max_calls``):
     interleaved, one call each in turn, or where the port asks for it each candidate and batch
     size in a process of its own, with its resident memory once loaded and its peak during the
-    calls (and a linear fit of the peak over the batch size). Then the port's own tables
-    (host steps, end to end, a tracker) from ``params``."""
+    calls (and a linear fit of the peak over the batch size). Beside them, the harness's
+    overhead against a bare ONNX Runtime loop. Then the deployment (:func:`host_speed`) over
+    ``host_items`` items, and the port's own tables (a tracker's, derived figures) from
+    ``params``."""
     info = capabilities(backend)
     port = run.port
+    budget = bench.Budget(seconds, min_calls, max_calls)
     names = benchmark_candidates(info.name)
     graphs = list(port.benchmark_graphs or run.spec.graphs)
     options = {name: backend_options if name == info.name else None for name in names}
@@ -304,7 +310,7 @@ def benchmark(run: Run, backend: str, *, batch_sizes: list[int] | None = None, i
                 for name in names:
                     try:
                         row, peak = bench.run_isolated(_timed_worker, run.port, run.profile, name, graph, bs,
-                                                       iterations, warmup, options[name])
+                                                       budget, warmup, options[name])
                     except bench.IsolatedRunFailed as err:
                         failures.append({"candidate": name, "batch_size": bs, **label, "error": str(err)})
                         continue
@@ -314,19 +320,75 @@ def benchmark(run: Run, backend: str, *, batch_sizes: list[int] | None = None, i
                                                uncompiled=True) for name in names}
                 feeds = port.feeds(run, graph, bs)
                 found = bench.benchmark({n: (lambda s=s: s.run(feeds)) for n, s in sessions.items()}, batch_size=bs,
-                                        warmup=warmup, iterations=iterations,
+                                        warmup=warmup, budget=budget,
                                         device_times={n: s.device_times_ms for n, s in sessions.items()})
                 for session in sessions.values():
                     session.close()
             rows += [{**label, **row, "gflop_per_s": per_image * bs / row["mean_ms"] / 1e6} for row in found]
-    out = {"graph": rows, "candidates": names, "failures": failures,
+    out = {"graph": rows, "candidates": names, "failures": failures, "budget": dataclasses.asdict(budget),
            "graph_gflop": {g: _flops_per_image(run, g) / 1e9 for g in graphs}}
     if port.isolated:
         out["memory"] = bench.memory_fit(rows)
-    out.update(port.benchmark_extra(run, names, backend=info.name, graph_rows=rows, iterations=iterations,
+    else:
+        out["harness"] = [harness_overhead(run, graphs[0], warmup=warmup)]
+    out.update(host_speed(run, info.name, items=host_items, backend_options=options[info.name]))
+    out.update(port.benchmark_extra(run, names, backend=info.name, graph_rows=rows, budget=budget,
                                     warmup=warmup, backend_options={name: options[name] for name in names},
                                     **params))
     return out
+
+
+#: the harness check's budget: enough calls for a stable mean of a fast graph, few for a slow one
+HARNESS_BUDGET = bench.Budget(seconds=2.0, min_calls=5, max_calls=200)
+
+
+def harness_overhead(run: Run, graph: str, *, warmup: int = 2) -> dict:
+    """Our timing of ONNX Runtime through the backend's session (:func:`bench.benchmark`)
+    against ``InferenceSession.run`` in a bare loop, on the exported ``graph`` at batch 1."""
+    from zoobook.backends import EMBEDDED_DEFAULT
+
+    session = open_session(run, EMBEDDED_DEFAULT, graph=graph, batch_size=1, uncompiled=True)
+    feeds = run.port.feeds(run, graph, 1)
+    raw, names = session._session, session.input_names
+    bare_feeds = {n: feeds[n] for n in names}
+    row = bench.bare_loop_overhead(lambda: session.run(feeds), lambda: raw.run(None, bare_feeds),
+                                   budget=HARNESS_BUDGET, warmup=warmup)
+    session.close()
+    return {**row, "candidate": EMBEDDED_DEFAULT, "graph": graph, "batch_size": 1}
+
+
+def host_speed(run: Run, backend: str, *, items: int = 8, backend_options: dict | None = None,
+               depth: int = 2) -> dict:
+    """The port's deployment (:meth:`~zoobook.stages.port.Port.deployment`: read,
+    preprocess, the graph on ``backend``, the host's steps) over ``items`` items:
+
+    - ``host``: where one item's time goes, step by step, with one thread for torch and
+      OpenCV and with the machine's threads;
+    - ``deployment``: the rate a deployment would reach with the published device time and
+      this host, overlapped and one after the other (:func:`zoobook.pipeline.deployment_bound`);
+    - ``pipeline``: the sequential loop against the pipelined one (a thread per stage,
+      queues of ``depth``), with whether their outputs are the same.
+    """
+    from zoobook.backends.base import cpu_threads
+    from zoobook.pipeline import breakdown, deployment_bound, loop_speed
+
+    deployment = run.port.deployment(run, backend, items=max(1, items), backend_options=backend_options)
+    device = run.spec.device_time
+    host, bounds = [], []
+    try:
+        for threads in sorted({1, cpu_threads()}):
+            found = breakdown(deployment, calls=len(deployment.items), threads=threads)
+            host.append({"threads": threads, "unit": deployment.unit, "calls": found["calls"], **found["steps"],
+                         "host_ms": found["host_ms"], "total_ms": found["total_ms"]})
+            if device is not None:
+                bounds.append({"threads": threads, **deployment_bound(found["host_ms"], device.ms),
+                               "device": device.basis})
+        pipeline = loop_speed(deployment, calls=max(len(deployment.items), 2), depth=depth)
+    finally:
+        deployment.close()
+    return {"host": host, "deployment": bounds, "pipeline": [{"backend": backend, **r} for r in pipeline],
+            "host_steps": [name for name in host[0] if name not in ("threads", "unit", "calls", "host_ms",
+                                                                     "total_ms")]}
 
 
 def _flops_per_image(run: Run, graph: str) -> float:
@@ -335,8 +397,8 @@ def _flops_per_image(run: Run, graph: str) -> float:
     return graph_flops(run.onnx(graph, sizes[0] if sizes else 1)) / (sizes[0] if sizes else 1)
 
 
-def _timed_worker(port, profile: str, candidate: str, graph: str, batch_size: int, iterations: int, warmup: int,
-                  backend_options: dict | None) -> dict:
+def _timed_worker(port, profile: str, candidate: str, graph: str, batch_size: int, budget: bench.Budget,
+                  warmup: int, backend_options: dict | None) -> dict:
     """One candidate at one batch size in a process of its own (see :func:`benchmark`)."""
     import torch
 
@@ -349,7 +411,7 @@ def _timed_worker(port, profile: str, candidate: str, graph: str, batch_size: in
     loaded = bench.resident_mb()
     peak_is_run = bench.reset_peak_resident()
     rows = bench.benchmark({candidate: lambda: session.run(feeds)}, batch_size=batch_size, warmup=warmup,
-                           iterations=iterations, device_times={candidate: session.device_times_ms}, progress=False)
+                           budget=budget, device_times={candidate: session.device_times_ms}, progress=False)
     session.close()
     return {**rows[0], "rss_before_load_mb": before, "rss_loaded_mb": loaded,
             "peak": "during the calls" if peak_is_run else "of the process (loading included)"}

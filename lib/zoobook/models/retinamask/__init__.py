@@ -5,8 +5,8 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights), ``preprocess.py``,
 graph) and ``port.py`` (its hooks over the shared stages, :mod:`zoobook.stages`).
 """
 
-from zoobook.stages.spec import PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, GraphSpec, ModelSpec, Published, \
-    Section
+from zoobook.stages.spec import HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
+    ModelSpec, Published, Section
 
 #: the port's graph: batch 1, input 1344x1344 (BGR minus mean, padded), no NMS inside
 GRAPH = GraphSpec(
@@ -25,10 +25,7 @@ SECTIONS = (
     *SCORE_SECTIONS,
     Section("06-benchmark", "graph", "speed", "Speed of the graph",
             "Latency per call at batch 1, warm-up excluded, candidates interleaved call by call."),
-    Section("06-benchmark", "end_to_end", "speed", "Speed end to end",
-            "Per image at batch 1: read, resize, graph, the port's host post-processing."),
-    Section("06-benchmark", "host", "speed", "Host side",
-            "The port's host post-processing alone, per image: NMS, rescale, 100 mask pastes."),
+    *HOST_SECTIONS,
     PUBLISHED_SPEED,
 )
 
@@ -53,9 +50,10 @@ SPEC = ModelSpec(
         Published("end to end with masks, 0.139 s per image", 7.19, "FPS", "GTX 1080 Ti", _AUTHORS, 1),
     ),
     sections=SECTIONS,
+    device_time=DeviceTime.from_fps(4.3, "Ascend 310P, the port's graph at batch 1: 4.3 FPS, published"),
     profiles={
         "smoke": {"01-data": {"num_images": 2, "input_size": 320}, "02-export": {"top_k": 100},
-                  "06-benchmark": {"iterations": 2, "warmup": 1, "images": 1}},
+                  "06-benchmark": {"seconds": 0.2, "min_calls": 2, "warmup": 1, "host_items": 1}},
         "default": {"01-data": {"num_images": 4}},
         "full": {"01-data": {"num_images": 0, "require_real": True}, "02-export": {"require_official": True}},
     },

@@ -11,7 +11,6 @@ Its own artifacts under ``runs/<profile>/retinamask/artifacts/``::
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,9 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from zoobook import bench
 from zoobook.atomic import save_npz_atomic
-from zoobook.backends import EMBEDDED_DEFAULT
 from zoobook.checkpoints import weights_label
 from zoobook.compare import Tolerance, detection_parity
 from zoobook.data.coco import CocoDataset, locate_coco
@@ -33,8 +30,9 @@ from zoobook.models.retinamask import postprocess as post
 from zoobook.models.retinamask.checkpoint import OFFICIAL_FILENAME, build
 from zoobook.models.retinamask.export import TOP_K, PortGraph, cast_roi_inputs_to_fp16, export_port_graph, graph_shapes
 from zoobook.models.retinamask.preprocess import PORT_SIZE, original_tensor, port_resize, port_tensor
+from zoobook.pipeline import Deployment
 from zoobook.stages import Port, Run
-from zoobook.stages.steps import load_outputs, open_session, output_path
+from zoobook.stages.steps import load_outputs, open_session
 
 OUTPUT_NAMES = list(GRAPH.outputs)
 CANDIDATE_ORIGINAL = "torch, original post-processing"
@@ -163,25 +161,27 @@ class RetinaMaskPort(Port):
 
     # 06-benchmark
 
-    def benchmark_extra(self, run: Run, candidates: list[str], *, backend: str, graph_rows: list[dict],
-                        iterations: int, warmup: int, backend_options: dict, images: int = 3) -> dict:
-        """The port's host post-processing alone (NMS, rescale, 100 mask pastes) on the graph
-        outputs of the first ``images`` images (those 04-infer saved for the backend, else a
-        fresh ONNX Runtime run); and end to end per image for every candidate (read, resize,
-        tensor, graph, host side)."""
-        chosen = run.manifest["images"][:max(1, images)]
-        saved = _graph_outputs(run, backend, chosen)
-        cycle = itertools.cycle(zip(saved, chosen))
-        host = bench.benchmark({"host post-processing": lambda: port_result(*next(cycle))}, batch_size=1,
-                               warmup=1, iterations=max(iterations, len(chosen)))
-        sessions = {name: open_session(run, name, backend_options=backend_options.get(name), uncompiled=True)
-                    for name in candidates}
-        runners = {name: _end_to_end(session, run.manifest["input_size"], chosen) for name, session in sessions.items()}
-        end_to_end = bench.benchmark(runners, batch_size=1, warmup=min(warmup, 1),
-                                     iterations=max(iterations, len(chosen)))
-        for session in sessions.values():
-            session.close()
-        return {"host": host, "end_to_end": end_to_end}
+    def deployment(self, run: Run, backend: str, *, items: int, backend_options: dict | None = None) -> Deployment:
+        """Per image: read the JPEG, the port's resize and tensor, the graph, then the port's
+        host side (NMS, rescale, the mask pastes)."""
+        size = run.manifest["input_size"]
+        session = open_session(run, backend, backend_options=backend_options, uncompiled=True)
+
+        def read(im: dict):
+            return np.ascontiguousarray(read_bgr(im["path"])[:, :, ::-1]), im
+
+        def prepare(read_out):
+            rgb, im = read_out
+            resized, ratio = port_resize(rgb, size)
+            return {"image": port_tensor(resized, size)}, {**im, "ratio": ratio}
+
+        def graph(prepared):
+            feeds, im = prepared
+            return session.run(feeds), im
+
+        return Deployment([("read", read), ("preprocess", prepare), ("graph", graph),
+                           ("postprocess", lambda out: port_result(*out))], run.manifest["images"][:items],
+                          release=session.close)
 
 
 PORT = RetinaMaskPort()
@@ -269,35 +269,3 @@ def accuracy_rows(evaluation: dict) -> list[dict]:
             row[pub.unit] = pub.value
     return rows + list(published.values())
 
-
-# ---------------------------------------------------------------------------------------
-# 06-benchmark's host and end-to-end steps
-
-
-def _graph_outputs(run: Run, backend: str, images: list[dict]) -> list[dict[str, np.ndarray]]:
-    """The graph's outputs for ``images``: those 04-infer saved for ``backend``, else a fresh
-    run of the embedded default (its compiled graph, or the exported one)."""
-    found, session = [], None
-    for im in images:
-        if output_path(run, backend, im["index"]).is_file():
-            found.append(load_outputs(run, backend, im["index"]))
-            continue
-        session = session or open_session(run, EMBEDDED_DEFAULT, uncompiled=True)
-        found.append(session.run({"image": read_input(run, im["index"])}))
-    if session is not None:
-        session.close()
-    return found
-
-
-def _end_to_end(session, size: int, images: list[dict]):
-    """One image per call, cycling: read, resize, tensor, graph, the port's host side."""
-    cycle = itertools.cycle(images)
-
-    def step():
-        im = next(cycle)
-        rgb = np.ascontiguousarray(read_bgr(im["path"])[:, :, ::-1])
-        resized, ratio = port_resize(rgb, size)
-        outputs = session.run({"image": port_tensor(resized, size)})
-        return port_result(outputs, {**im, "ratio": ratio})
-
-    return step

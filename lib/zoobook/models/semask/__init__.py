@@ -4,8 +4,8 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights), ``export.py`` (the port
 its normalisation) and ``port.py`` (its hooks over the shared stages, :mod:`zoobook.stages`).
 """
 
-from zoobook.stages.spec import PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, GraphSpec, ModelSpec, Published, \
-    Section
+from zoobook.stages.spec import HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
+    ModelSpec, Published, Section
 
 #: the port's graph: one static batch size per graph, whole 1024 x 2048 image, arg-max inside
 GRAPH = GraphSpec(inputs={"image": ("bs", 3, 1024, 2048)}, outputs={"output": ("bs", 1024, 2048)})
@@ -22,12 +22,12 @@ SECTIONS = (
     Section("06-benchmark", "graph", "speed", "Speed and memory of the graph",
             "Latency per call (one batch), warm-up excluded, each candidate and batch size in a process of its "
             "own, with its resident memory once loaded and its peak during the calls."),
-    Section("06-benchmark", "host", "speed", "Host side", "Per image, outside the graph: read the PNG, normalise."),
     Section("06-benchmark", "memory", "memory", "Peak memory against the batch size",
             "Per candidate: a linear fit of the peak over the batch sizes measured, extrapolated (where a port "
             "may run out of memory)."),
     Section("06-benchmark", "failures", "failures", "Runs that did not finish",
             "A process that died (for memory, most likely); the other runs went on."),
+    *HOST_SECTIONS[:3],
     PUBLISHED_SPEED,
 )
 
@@ -48,10 +48,13 @@ SPEC = ModelSpec(
           for bs, fps in ((1, 4.72), (4, 4.37), (8, 4.13))),
     ),
     sections=SECTIONS,
+    device_time=DeviceTime.from_fps(4.72, "Ascend 310P3, the port's graph at batch 1: 4.72 FPS (ais_bench), published"),
     profiles={
         "smoke": {"01-data": {"num_images": 3, "input_size": [128, 256]}, "02-export": {"batch_sizes": [1, 2]},
-                  "04-infer": {"batch_size": 2}, "06-benchmark": {"iterations": 1, "warmup": 0}},
-        "default": {"01-data": {"num_images": 4}, "06-benchmark": {"iterations": 1, "warmup": 1}},
+                  "04-infer": {"batch_size": 2},
+                  "06-benchmark": {"seconds": 0.0, "min_calls": 1, "warmup": 0, "host_items": 1}},
+        "default": {"01-data": {"num_images": 4},
+                    "06-benchmark": {"seconds": 0.0, "min_calls": 1, "warmup": 1, "host_items": 2}},
         "full": {"01-data": {"num_images": 0, "require_real": True}, "02-export": {"require_official": True}},
     },
 )

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from zoobook import bench
 from zoobook.atomic import write_bytes_atomic
 from zoobook.backends import REFERENCE
 from zoobook.checkpoints import weights_label
@@ -34,8 +33,11 @@ from zoobook.metrics.segmentation import ConfusionMatrix, PixelAgreement
 from zoobook.models.semask import SPEC
 from zoobook.models.semask.checkpoint import OFFICIAL_FILENAME, build
 from zoobook.models.semask.export import PORT_SIZE, export_graphs, graph_shapes, normalize
+from zoobook.pipeline import Deployment
 from zoobook.resume import generated_once
 from zoobook.stages import Port, Run, steps
+from zoobook.stages.steps import open_session
+from zoobook.timing import timed
 
 EVALUATION = "evaluation.json"
 
@@ -205,14 +207,19 @@ class SeMaskPort(Port):
 
     # 06-benchmark
 
-    def benchmark_extra(self, run: Run, candidates: list[str], *, backend: str, graph_rows: list[dict],
-                        iterations: int, warmup: int, backend_options: dict) -> dict[str, list[dict]]:
-        """The host's part per image: read the PNG and normalise it."""
-        count = len(run.manifest["images"])
-        cycle = iter(np.resize(np.arange(count), 1000))
-        host = bench.benchmark({"read PNG + normalise": lambda: input_tensor(run, [int(next(cycle))])}, batch_size=1,
-                               warmup=1, iterations=max(3, min(count, 10)))
-        return {"host": host}
+    def deployment(self, run: Run, backend: str, *, items: int, backend_options: dict | None = None) -> Deployment:
+        """Per image: read the PNG (resized to the graph's input where it differs), normalise,
+        the graph (the arg-max inside), and encode the class map as the PNG 04-infer saves."""
+        session = open_session(run, backend, backend_options=backend_options, uncompiled=True)
+
+        def encode(outputs: dict[str, np.ndarray]) -> bytes:
+            with timed("encode"):
+                _, data = cv2.imencode(".png", outputs["output"][0].astype(np.uint8))
+            return data.tobytes()
+
+        return Deployment([("read", lambda i: read_image(run, i)), ("preprocess", lambda rgb: {"image": normalize(rgb)}),
+                           ("graph", session.run), ("postprocess", encode)],
+                          list(range(min(items, len(run.manifest["images"])))), release=session.close)
 
 
 PORT = SeMaskPort()

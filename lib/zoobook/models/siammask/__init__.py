@@ -7,8 +7,8 @@ training ``training.py`` (targets, losses), ``train_data.py`` (pairs), ``train.p
 and its entry point) and ``train_stage.py`` (00-train).
 """
 
-from zoobook.stages.spec import PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, GraphSpec, ModelSpec, Published, \
-    Section
+from zoobook.stages.spec import HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
+    ModelSpec, Published, Section
 
 SEARCH_OUTPUTS = {"score": (1, 10, 25, 25), "delta": (1, 20, 25, 25), "mask": (1, 3969, 25, 25),
                   "f0": (1, 64, 125, 125), "f1": (1, 256, 63, 63), "f2": (1, 512, 31, 31),
@@ -50,6 +50,7 @@ SECTIONS = (
     Section("06-benchmark", "derived", "derived", "Derived from the graph latencies",
             "What the template-once split saves per frame, and model-only frame rates: 1000 / (mask + refine) and "
             "the port's parse.py formula (that value × 4)."),
+    *HOST_SECTIONS,
     PUBLISHED_SPEED,
 )
 
@@ -82,10 +83,14 @@ SPEC = ModelSpec(
                   data=_TRAIN_DATA),
     ),
     sections=SECTIONS,
+    device_time=DeviceTime.from_fps(1673.94, "Ascend 310P3, the port's mask and refine graphs once each per frame: "
+                                    "its published 1673.94 FPS is 1000 / ((mask + refine ms) / 4) (parse.py), so "
+                                    "4000 / 1673.94 ms per frame", per_item=4),
     profiles={
         "smoke": {"00-train": {"epochs": 2, "batch_size": 2, "pairs": 4, "videos": 2, "frames": 3},
                   "01-data": {"num_sequences": 1, "num_frames": 30, "demo_frames": 6},
-                  "06-benchmark": {"iterations": 2, "warmup": 1, "tracker_frames": 3}},
+                  "06-benchmark": {"seconds": 0.2, "min_calls": 2, "warmup": 1, "tracker_frames": 3,
+                                   "host_items": 3}},
         "default": {"01-data": {"num_sequences": 3, "num_frames": 380}},
         "full": {"00-train": {"require_real": True}, "01-data": {"num_sequences": 0, "require_real": True},
                  "02-export": {"require_official": True}},

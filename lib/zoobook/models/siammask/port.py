@@ -25,11 +25,13 @@ import numpy as np
 from tqdm import tqdm
 
 from zoobook import bench
+from zoobook.bench import Budget
 from zoobook.atomic import write_json_atomic
 from zoobook.backends import REFERENCE, capabilities, with_reference
 from zoobook.checkpoints import weights_label
 from zoobook.compare import Tolerance
 from zoobook.data import half_present
+from zoobook.data.images import read_bgr
 from zoobook.data.vot import VotDataset, read_json_index, write_json_index, write_synthetic_vot
 from zoobook.metrics import vot
 from zoobook.models.siammask import GRAPHS, SPEC, train_stage
@@ -40,6 +42,7 @@ from zoobook.models.siammask.tracking import DEMO, MODES, TRAINED, demo_clip, de
     results_key, run_experiment, tracker_engine, tracking_loop, trained_checkpoint, trained_results_folder, \
     trained_weights, vot_dataset
 from zoobook.paths import data_dir, runs_dir
+from zoobook.pipeline import Deployment
 from zoobook.resume import generated_once, resumable_folder
 from zoobook.stages import Port, Run, StageIO
 
@@ -164,8 +167,20 @@ class SiamMaskPort(Port):
 
     # 06-benchmark
 
+    def deployment(self, run: Run, backend: str, *, items: int, backend_options: dict | None = None) -> Deployment:
+        """Per frame of the demo clip: read the JPEG, then the tracker as the port deploys it
+        (its mask graph, template and search, every frame, then refine), whose host steps
+        (crop, decode, mask, paste, polygon) are marked inside; started on the first frame
+        before each pass."""
+        frames = run.manifest["demo"]["frames"]
+        first = read_bgr(frames[0])
+        engine = tracker_engine(run, backend, mode="port", backend_options=backend_options, uncompiled=True)
+        tracker = SiamMaskTracker(engine)
+        return Deployment([("read", read_bgr), ("track", tracker.track)], frames[1:1 + items], unit="frame",
+                          reset=lambda: tracker.init(first, run.manifest["demo"]["box"]))
+
     def benchmark_extra(self, run: Run, candidates: list[str], *, backend: str, graph_rows: list[dict],
-                        iterations: int, warmup: int, backend_options: dict, tracker_frames: int = 20) -> dict:
+                        budget: Budget, warmup: int, backend_options: dict, tracker_frames: int = 20) -> dict:
         """The whole tracker per frame on the demo clip (crops, inference, decoding, mask paste
         and contour; frames decoded beforehand, as the reference's speed excludes image
         reading), the template-once split against the port's graph, interleaved."""
@@ -179,8 +194,7 @@ class SiamMaskPort(Port):
                                                 uncompiled=True)
         runners = {label: tracking_loop(engine, frames, run.manifest["demo"]["box"])
                    for label, engine in engines.items()}
-        rows = bench.benchmark(runners, batch_size=1, warmup=min(warmup, 1),
-                               iterations=max(iterations, len(frames) - 1))
+        rows = bench.benchmark(runners, batch_size=1, warmup=min(warmup, 1), budget=budget.at_least(len(frames) - 1))
         for row in rows:
             row["fps"] = row.pop("throughput")
         return {"tracker": rows, "derived": derived_rows(graph_rows)}

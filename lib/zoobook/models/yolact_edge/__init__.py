@@ -5,8 +5,8 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights), ``preprocess.py``,
 shared stages, :mod:`zoobook.stages`).
 """
 
-from zoobook.stages.spec import PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, GraphSpec, ModelSpec, Published, \
-    Section
+from zoobook.stages.spec import HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
+    ModelSpec, Published, Section
 
 _PORT = "Ascend/ModelZoo-PyTorch ACL_PyTorch/built-in/cv/YolactEdge_for_PyTorch README"
 
@@ -22,10 +22,9 @@ SECTIONS = (
     *SCORE_SECTIONS,
     Section("06-benchmark", "graph", "speed", "Speed of the graph",
             "Latency per call (one batch), warm-up excluded, candidates interleaved call by call."),
-    Section("06-benchmark", "end_to_end", "speed", "Speed end to end",
-            "Per image at batch 1: read, preprocess, graph, host heads, NMS and masks."),
     Section("06-benchmark", "speedup", "derived", "Speed-up over PyTorch eager",
             "Ratio of the mean graph latencies above, per batch size."),
+    *HOST_SECTIONS,
     PUBLISHED_SPEED,
 )
 
@@ -45,9 +44,12 @@ SPEC = ModelSpec(
                   "haotian-liu/yolact_edge README", None, data="COCO (by YOLACT convention test-dev)"),
     ),
     sections=SECTIONS,
+    device_time=DeviceTime.from_fps(270.35, "Ascend 310P, the cut graph at batch 1: 270.35 FPS (ais_bench --loop 100), "
+                                    "published"),
     profiles={
         "smoke": {"01-data": {"num_images": 3}, "03-convert": {"batch_sizes": [1]},
-                  "06-benchmark": {"batch_sizes": [1, 2], "iterations": 2, "warmup": 1, "end_to_end_images": 2}},
+                  "06-benchmark": {"batch_sizes": [1, 2], "seconds": 0.2, "min_calls": 2, "warmup": 1,
+                                   "host_items": 2}},
         "default": {"01-data": {"num_images": 24}},
         "full": {"01-data": {"num_images": 0, "require_real": True}, "02-export": {"require_official": True}},
     },

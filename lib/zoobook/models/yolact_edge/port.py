@@ -8,14 +8,12 @@ Its own artifacts under ``runs/<profile>/yolact_edge/artifacts/``: ``inputs/<ind
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from zoobook import bench
 from zoobook.atomic import write_json_atomic
 from zoobook.checkpoints import weights_label
 from zoobook.compare import Tolerance
@@ -27,6 +25,7 @@ from zoobook.models.yolact_edge import GRAPH, SPEC
 from zoobook.models.yolact_edge.checkpoint import build
 from zoobook.models.yolact_edge.postprocess import postprocess
 from zoobook.models.yolact_edge.preprocess import INPUT_SIZE, preprocess
+from zoobook.pipeline import Deployment
 from zoobook.stages import Port, Run
 from zoobook.stages.steps import load_outputs, open_session
 
@@ -105,18 +104,32 @@ class YolactEdgePort(Port):
 
     # 06-benchmark
 
-    def benchmark_extra(self, run: Run, candidates: list[str], *, backend: str, graph_rows: list[dict],
-                        iterations: int, warmup: int, backend_options: dict, end_to_end_images: int = 8) -> dict:
-        """End to end per image at batch 1: read, preprocess, graph, host heads, NMS and masks."""
+    def deployment(self, run: Run, backend: str, *, items: int, backend_options: dict | None = None) -> Deployment:
+        """Per image: read the JPEG, preprocess, the cut graph, then the host's part: the
+        prediction head (the layers the port leaves outside its graph), decoding, fast NMS and
+        the masks at the image's size."""
         model, _ = run.model()
-        images = run.manifest["images"][:max(1, end_to_end_images)]
-        sessions = {name: open_session(run, name, backend_options=backend_options.get(name), uncompiled=True)
-                    for name in candidates}
-        runners = {name: _end_to_end(session, model, images) for name, session in sessions.items()}
-        rows = bench.benchmark(runners, batch_size=1, warmup=min(warmup, 1), iterations=max(len(images), iterations))
-        for session in sessions.values():
-            session.close()
-        return {"end_to_end": rows}
+        images = run.manifest["images"][:items]
+        session = open_session(run, backend, backend_options=backend_options, uncompiled=True)
+
+        def read(im: dict):
+            return read_bgr(im["path"]), (im["height"], im["width"])
+
+        def prepare(read_out):
+            image, size = read_out
+            return {"image": preprocess(image)[None]}, size
+
+        def graph(prepared):
+            feeds, size = prepared
+            return session.run(feeds), size
+
+        def host(graph_out):
+            outputs, size = graph_out
+            with torch.inference_mode():
+                return postprocess(model.head, [outputs[n] for n in OUTPUT_NAMES], [size])[0]
+
+        return Deployment([("read", read), ("preprocess", prepare), ("graph", graph), ("postprocess", host)], images,
+                          release=session.close)
 
 
 PORT = YolactEdgePort()
@@ -133,17 +146,6 @@ def read_input(run: Run, index: int) -> np.ndarray:
 
 def load_image(run: Run, index: int) -> np.ndarray:
     return read_bgr(run.manifest["images"][index]["path"])
-
-
-def _end_to_end(session, model, images: list[dict]):
-    cycle = itertools.cycle(images)
-
-    def step():
-        im = next(cycle)
-        outputs = session.run({"image": preprocess(read_bgr(im["path"]))[None]})
-        return postprocess(model.head, [outputs[n] for n in OUTPUT_NAMES], [(im["height"], im["width"])])
-
-    return step
 
 
 def accuracy_rows(evaluation: dict) -> list[dict]:

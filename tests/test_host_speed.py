@@ -1,0 +1,187 @@
+"""The host-speed machinery of 06-benchmark: step timing, time-bounded benchmarks, the
+pipelined loop against the sequential one, and the deployment bound."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from zoobook.bench import Budget, bare_loop_overhead, benchmark
+from zoobook.pipeline import Deployment, breakdown, deployment_bound, loop_speed, run_pipelined, run_sequential, \
+    same_outputs
+from zoobook.timing import recording, timed
+
+
+def _sleep(ms: float) -> None:
+    time.sleep(ms / 1000)
+
+
+# --- step timing ---------------------------------------------------------------------------
+
+
+def test_steps_are_timed_only_while_recording_and_nest_exclusively():
+    with timed("ignored"):
+        _sleep(1)
+    with recording() as clock:
+        with timed("outer"):
+            _sleep(20)
+            with timed("inner"):
+                _sleep(40)
+            _sleep(20)
+        with timed("inner"):
+            _sleep(10)
+    assert set(clock.ms) == {"outer", "inner"} and clock.calls == {"outer": 1, "inner": 2}
+    # exclusive: the outer step leaves out the inner one's 40 ms
+    assert 38 <= clock.ms["outer"] < 60 and 48 <= clock.ms["inner"] < 70
+    with timed("after"):
+        pass
+    assert "after" not in clock.ms
+
+
+def test_a_step_that_raises_is_still_counted():
+    with recording() as clock:
+        with pytest.raises(KeyError):
+            with timed("bad"):
+                raise KeyError("x")
+        with timed("good"):
+            pass
+    assert clock.calls == {"bad": 1, "good": 1}
+
+
+def test_each_thread_records_its_own_steps():
+    seen = {}
+
+    def worker():
+        with timed("other thread"):  # no recording in this thread
+            pass
+        seen["done"] = True
+
+    with recording() as clock:
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+    assert seen["done"] and clock.ms == {}
+
+
+# --- time-bounded benchmark ----------------------------------------------------------------
+
+
+def test_budget_bounds_the_calls():
+    assert not Budget(seconds=10, min_calls=3, max_calls=5).done(2, 100.0)  # below the floor
+    assert Budget(seconds=10, min_calls=3, max_calls=5).done(5, 0.1)  # at the cap
+    assert Budget(seconds=1, min_calls=3, max_calls=None).done(3, 1.0)
+    assert not Budget(seconds=1, min_calls=3, max_calls=None).done(3, 0.5)
+    assert Budget(seconds=0, min_calls=2, max_calls=3).at_least(7) == Budget(seconds=0, min_calls=7, max_calls=7)
+    with pytest.raises(ValueError, match="max_calls"):
+        Budget(min_calls=5, max_calls=2)
+    with pytest.raises(ValueError, match="min_calls"):
+        Budget(min_calls=0)
+
+
+def test_a_slow_candidate_stops_at_its_floor_and_a_fast_one_fills_the_time():
+    rows = benchmark({"slow": lambda: _sleep(60), "fast": lambda: _sleep(1)}, batch_size=1, warmup=0,
+                     budget=Budget(seconds=0.1, min_calls=2, max_calls=400), progress=False)
+    calls = {r["candidate"]: r["calls"] for r in rows}
+    assert calls["slow"] == 2  # 120 ms is past the 100 ms budget at the floor
+    assert 30 <= calls["fast"] <= 150  # about 100 ms of 1 ms calls (sleep overshoots a little)
+
+
+def test_the_cap_stops_a_fast_candidate():
+    rows = benchmark({"a": lambda: None}, batch_size=4, warmup=0, budget=Budget(seconds=60, min_calls=1, max_calls=7),
+                     progress=False)
+    assert rows[0]["calls"] == 7 and rows[0]["throughput"] == pytest.approx(4000 / rows[0]["mean_ms"])
+
+
+def test_the_bare_loop_shows_the_harness_overhead():
+    row = bare_loop_overhead(lambda: _sleep(4), lambda: _sleep(2), budget=Budget(seconds=0, min_calls=5), warmup=0)
+    assert row["calls"] == 5 and row["harness_ms"] > row["bare_ms"] > 1.5
+    assert row["overhead_pct"] == pytest.approx(100 * (row["harness_ms"] - row["bare_ms"]) / row["bare_ms"])
+    assert 40 < row["overhead_pct"] < 200  # 4 ms against 2 ms
+
+
+# --- the deployment's loops ----------------------------------------------------------------
+
+
+def _toy(jitter: bool = True, fail_at: int | None = None) -> Deployment:
+    rng = np.random.default_rng(0)
+    delays = rng.uniform(0, 3, size=(3, 64)) if jitter else np.zeros((3, 64))
+
+    def read(i):
+        _sleep(delays[0, i % 64])
+        return i, np.full((4, 4), i, np.float32)
+
+    def graph(item):
+        i, x = item
+        if fail_at is not None and i == fail_at:
+            raise ValueError(f"bad item {i}")
+        with timed("graph"):
+            _sleep(delays[1, i % 64])
+        return i, x @ x
+
+    def post(item):
+        i, y = item
+        with timed("nms"):
+            _sleep(delays[2, i % 64])
+        return SimpleNamespace(index=i, total=torch.tensor(y.sum()), arr=y)
+
+    return Deployment([("read", read), ("graph", graph), ("postprocess", post)], list(range(10)))
+
+
+def test_pipelined_outputs_equal_the_sequential_ones_in_order():
+    deployment = _toy()
+    items = deployment.take(25)
+    sequential = run_sequential(deployment, items)
+    pipelined = run_pipelined(deployment, items, depth=2)
+    assert [r.index for r in pipelined] == [i % 10 for i in range(25)]
+    assert same_outputs(sequential, pipelined)
+    pipelined[3].arr[0, 0] += 1
+    assert not same_outputs(sequential, pipelined)
+
+
+def test_pipelining_overlaps_the_stages():
+    slow = Deployment([("read", lambda i: _sleep(20) or i), ("graph", lambda i: _sleep(20) or i)], list(range(8)))
+    rows = loop_speed(slow, calls=8, rounds=1)
+    assert [r["loop"] for r in rows] == ["sequential", "pipelined"] and all(r["same_outputs"] for r in rows)
+    assert rows[1]["speedup"] > 1.5  # two 20 ms stages overlap: about 20 instead of 40 ms per item
+
+
+def test_a_failing_stage_stops_the_pipeline_and_is_named():
+    with pytest.raises(RuntimeError, match="pipeline stage 'graph' failed: ValueError\\('bad item 5'\\)"):
+        run_pipelined(_toy(jitter=False, fail_at=5), range(10), depth=1)
+    assert not [t for t in threading.enumerate() if t.name.startswith("pipeline ")]
+
+
+def test_breakdown_splits_host_from_graph():
+    deployment = Deployment([("read", lambda i: _sleep(5) or i), ("graph", lambda i: _sleep(10) or i),
+                             ("postprocess", lambda i: _post(i))], list(range(4)))
+    found = breakdown(deployment, calls=4, threads=1)
+    steps = found["steps"]
+    assert set(steps) == {"read", "graph", "postprocess", "nms"}
+    assert 9.5 <= steps["graph"] < 16 and 2.5 <= steps["nms"] < 7 and steps["postprocess"] < 2
+    assert found["host_ms"] == pytest.approx(found["total_ms"] - steps["graph"])
+    assert sum(steps.values()) == pytest.approx(found["total_ms"], rel=0.05)
+
+
+def _post(i):
+    with timed("nms"):
+        _sleep(3)
+    return i
+
+
+def test_the_deployment_bound():
+    bound = deployment_bound(host_ms=8.0, device_ms=2.0)
+    assert bound["overlapped_fps"] == 125.0 and bound["sequential_fps"] == 100.0 and bound["bottleneck"] == "host"
+    assert deployment_bound(host_ms=1.0, device_ms=4.0)["bottleneck"] == "device"
+
+
+def test_same_outputs_is_exact():
+    a = {"x": np.array([1.0, np.nan], np.float32), "y": [1, (2, "z")]}
+    assert same_outputs(a, {"x": np.array([1.0, np.nan], np.float32), "y": [1, (2, "z")]})
+    assert not same_outputs(a, {"x": np.array([1.0, np.nan], np.float64), "y": [1, (2, "z")]})  # dtype
+    assert not same_outputs(np.zeros((2, 1)), np.zeros(2))
+    assert not same_outputs(torch.zeros(2), np.zeros(2, np.float32))
