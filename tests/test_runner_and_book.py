@@ -47,6 +47,8 @@ def test_records_carry_results_and_provenance(smoke_run):
     assert bound["device_ms"] == pytest.approx(1000 / 270.35)
     assert bound["overlapped_fps"] == pytest.approx(1000 / max(bound["host_ms"], bound["device_ms"]))
     assert bench["tables"]["harness"][0]["bare_ms"] > 0
+    cut, whole = bench["tables"]["cut"]
+    assert whole["graph_gflop"] > cut["graph_gflop"] and all(r["passed"] for r in bench["tables"]["cut_parity"])
 
 
 def test_executed_notebooks_keep_outputs_and_committed_ones_do_not(smoke_run):
@@ -250,3 +252,17 @@ def test_cli_stages_prints_each_stage_declaration(model, capsys):
         block = out.split(f"\n{stage}\n", 1)[1].split("\n\n", 1)[0]
         assert block.splitlines() == [f"  {field:11s}{', '.join(getattr(io, field)) or '-'}"
                                       for field in ("upstream", "parameters", "reads", "writes", "inputs")]
+
+
+def test_the_summary_says_where_the_time_went():
+    from zoobook.book import time_markdown
+
+    records = [{"model": "a", "stage": "01-data", "duration_s": 10.0, "status": "ok"},
+               {"model": "a", "stage": "02-export", "duration_s": 30.0, "status": "ok"},
+               {"model": "b", "stage": "01-data", "duration_s": 60.0, "status": "failed"},
+               {"model": "b", "stage": "02-export", "status": "not run"}]
+    text = "\n".join(time_markdown(records, slowest=2))
+    assert "| a | 2 | 40.0 | 40.0 |" in text and "| b | 1 | 60.0 | 60.0 |" in text and "| all | 3 | 100.0 |" in text
+    assert text.index("| b 01-data | 60.0 | failed |") < text.index("| a 02-export | 30.0 | ok |")
+    assert "a 01-data" not in text  # only the two slowest
+    assert time_markdown([{"model": "a", "stage": "01-data"}]) == []

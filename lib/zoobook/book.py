@@ -167,9 +167,30 @@ def summary_markdown(profile: str) -> str:
              f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; nothing on this page is typed in by hand. "
              "Published figures come from the porting guides and are labelled *published*; every other "
              "number was measured by this run, on the device named beside it.", ""]
+    lines += time_markdown(records)
     for model in MODELS:
         lines += model_markdown(get_spec(model), {r["stage"]: r for r in records if r.get("model") == model}, profile)
     return "\n".join(lines)
+
+
+def time_markdown(records: list[dict], slowest: int = 8) -> list[str]:
+    """Where the run's time went: each model's stage seconds and total, and the ``slowest``
+    stages of all, so the next slow stage is plain to see."""
+    timed = [r for r in records if isinstance(r.get("duration_s"), (int, float))]
+    if not timed:
+        return []
+    totals: dict[str, float] = {}
+    for r in timed:
+        totals[r["model"]] = totals.get(r["model"], 0.0) + r["duration_s"]
+    per_model = [{"model": m, "stages": sum(r["model"] == m for r in timed), "seconds": t,
+                  "share (%)": 100 * t / sum(totals.values())} for m, t in totals.items()]
+    per_model.append({"model": "all", "stages": len(timed), "seconds": sum(totals.values()), "share (%)": 100.0})
+    top = sorted(timed, key=lambda r: -r["duration_s"])[:slowest]
+    rows = [{"stage": f"{r['model']} {r['stage']}", "seconds": r["duration_s"], "status": r.get("status")} for r in top]
+    return ["## Where the run's time went", "",
+            "Seconds of each stage's last run as recorded (a stage skipped as up to date keeps the time of the run "
+            "that made it).", "", markdown_table(per_model, digits=1), "", f"The {len(rows)} slowest stages:", "",
+            markdown_table(rows, digits=1), ""]
 
 
 def jupyter_book_executable() -> str:

@@ -129,7 +129,8 @@ RULES: dict[str | tuple[str, ...], Rule] = {
     "videos": COUNT,
     "frames": COUNT,
     # flags
-    **{name: FLAG for name in ("resume", "require_real", "require_official", "reference", "original", "trained")},
+    **{name: FLAG for name in ("resume", "require_real", "require_official", "reference", "original", "trained",
+                                   "full_graph")},
 }
 
 

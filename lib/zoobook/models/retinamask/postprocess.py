@@ -19,10 +19,12 @@ Both NMS variants use areas with the legacy +1.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
 from zoobook.models.retinamask.network import NUM_ANCHORS, NUM_CLASSES, decode_boxes
+from zoobook.timing import timed
 
 PRE_NMS_THRESH, PRE_NMS_TOP_N, NMS_THRESH = 0.05, 1000, 0.4
 DETECTIONS, MASK_DETECTIONS = 100, 50
@@ -44,18 +46,67 @@ def legacy_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, *, s
     """Greedy NMS with +1 areas: indices kept, by decreasing score. A box is dropped when its
     IoU with a kept box is >= ``threshold`` (``suppress_equal``, the original) or > it (the port).
     ``order`` (indices by decreasing score) sets how exact ties are visited; by default a
-    stable descending sort."""
+    stable descending sort. Computed by :func:`greedy_nms`, in the boxes' dtype."""
     if order is None:
         order = scores.argsort(descending=True, stable=True)
-    iou = legacy_iou(boxes[order], boxes[order])
-    over = iou >= threshold if suppress_equal else iou > threshold
-    suppressed = torch.zeros(len(order), dtype=torch.bool)
-    keep = []
-    for i in range(len(order)):
-        if not suppressed[i]:
-            keep.append(i)
-            suppressed |= over[i]
-    return order[torch.tensor(keep, dtype=torch.long)]
+    boxes = boxes.detach().cpu().numpy()
+    if boxes.dtype.kind != "f":  # torch divides integer tensors in float32
+        boxes = boxes.astype(np.float32)
+    kept = greedy_nms(boxes, order.cpu().numpy(), threshold, suppress_equal=suppress_equal)
+    return order[torch.from_numpy(kept)]
+
+
+NMS_BLOCK = 128  # boxes visited per vectorised step of greedy_nms
+
+
+def greedy_nms(boxes: np.ndarray, order: np.ndarray, threshold: float, *, suppress_equal: bool,
+               limit: int | None = None) -> np.ndarray:
+    """Greedy NMS with +1 areas over xyxy ``boxes [N, 4]`` visited in ``order`` (indices, best
+    first): the positions in ``order`` of the kept boxes, at most ``limit`` of them.
+
+    The same decisions as the full-matrix loop (:func:`legacy_iou`, then keep box i unless a
+    kept box before it overlaps it): the IoU of each pair is computed with the same float
+    operations in the same order, in the boxes' dtype (so is the threshold), but only for
+    the pairs that decide: the boxes of one block of ``NMS_BLOCK`` against those kept in
+    earlier blocks and against each other. Whether a box is kept depends only on the kept
+    boxes before it, so stopping at ``limit`` kept leaves the first ``limit`` unchanged."""
+    ordered = np.asarray(boxes)[np.asarray(order)]
+    x1, y1, x2, y2 = (np.ascontiguousarray(ordered[:, k]) for k in range(4))
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    columns = (x1, y1, x2, y2, area)
+    threshold = area.dtype.type(threshold)  # torch compares a float tensor with a Python float in its dtype
+    limit = len(ordered) if limit is None else limit
+    kept: list[int] = []
+    for start in range(0, len(ordered), NMS_BLOCK):
+        if len(kept) >= limit:
+            break
+        block = slice(start, min(start + NMS_BLOCK, len(ordered)))
+        cols = tuple(c[block] for c in columns)
+        alive = np.ones(len(cols[0]), dtype=bool)
+        if kept:
+            before = np.asarray(kept)
+            alive = ~_overlaps(tuple(c[before] for c in columns), cols, threshold, suppress_equal).any(axis=0)
+        over = _overlaps(cols, cols, threshold, suppress_equal)
+        for i in range(len(alive)):
+            if alive[i]:
+                kept.append(start + i)
+                if len(kept) == limit:
+                    break
+                alive &= ~over[i]
+    return np.asarray(kept, dtype=np.int64)
+
+
+def _overlaps(rows: tuple, cols: tuple, threshold: np.floating, suppress_equal: bool) -> np.ndarray:
+    """``[R, C]`` bool: IoU(row box, column box) >= (or >) ``threshold``; each side is
+    (x1, y1, x2, y2, area) columns. :func:`legacy_iou`'s operations, in its order."""
+    ax1, ay1, ax2, ay2, area_a = (c[:, None] for c in rows)
+    bx1, by1, bx2, by2, area_b = cols
+    w = np.maximum(np.minimum(ax2, bx2) - np.maximum(ax1, bx1) + 1, 0)
+    h = np.maximum(np.minimum(ay2, by2) - np.maximum(ay1, by1) + 1, 0)
+    inter = w * h
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / (area_a + area_b - inter)
+    return iou >= threshold if suppress_equal else iou > threshold
 
 
 def _top_by_kth(scores: torch.Tensor, count: int) -> torch.Tensor:
@@ -117,11 +168,12 @@ def original_detections(logits: list[torch.Tensor], deltas: list[torch.Tensor], 
 
 
 def _expand(box: np.ndarray, scale: float) -> np.ndarray:
-    """Widen xyxy ``box`` [4] by ``scale`` about its centre, in the box's dtype (a float32
-    box stays float32: NumPy casts the Python-float scale to float32, as the references do)."""
-    half = (box[2:] - box[:2]) * 0.5 * scale
-    centre = (box[2:] + box[:2]) * 0.5
-    return np.concatenate([centre - half, centre + half])
+    """Widen xyxy ``box`` [4] (or boxes [N, 4]) by ``scale`` about its centre, in the box's
+    dtype (a float32 box stays float32: NumPy casts the Python-float scale to float32, as the
+    references do)."""
+    half = (box[..., 2:] - box[..., :2]) * 0.5 * scale
+    centre = (box[..., 2:] + box[..., :2]) * 0.5
+    return np.concatenate([centre - half, centre + half], axis=-1)
 
 
 def _port_float(values: np.ndarray) -> np.ndarray:
@@ -158,15 +210,31 @@ def paste_port(mask: np.ndarray, box: np.ndarray, image_hw: tuple[int, int], *, 
     cv2 bilinear resize, then > ``threshold``. The rounded corners only place it: the window
     is [round(y1'), min(round(y2'), H)) x [round(x1'), min(round(x2'), W)), clipped at 0; its
     end is round(x2'), not + 1. ``image_hw`` (H, W) -> bool [H, W]."""
-    import cv2
+    return paste_port_masks(mask, _port_float(box).reshape(1, 4), image_hw, threshold=threshold, padding=padding)[0]
 
-    side = mask.shape[-1]
-    padded = np.pad(np.asarray(mask, np.float32).reshape(side, side), padding)
-    wide = _expand(_port_float(box), (side + 2 * padding) / side)
-    w, h = (round(float(v)) for v in np.maximum(wide[2:] - wide[:2] + 1, 1))
-    x1, y1, x2, y2 = (round(float(v)) for v in wide)
-    resized = cv2.resize(padded, (w, h), interpolation=cv2.INTER_LINEAR) > threshold
-    return _place(resized, x1, y1, x2, y2, image_hw)
+
+def paste_port_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int], *, threshold: float = 0.5,
+                     padding: int = 1) -> np.ndarray:
+    """:func:`paste_port` for ``masks [N, S, S]`` (or [N, 1, S, S]) and xyxy ``boxes [N, 4]``
+    (float64 stays float64, anything else is float32) -> bool [N, H, W], mask k in plane k.
+    The same result, with the padding, widening and rounding done for all boxes at once, each
+    resized map compared into its window of one preallocated array, and no resize for a
+    window that lies outside the image."""
+    side = masks.shape[-1]
+    masks = np.reshape(masks, (-1, side, side))
+    padded = np.zeros((len(masks), side + 2 * padding, side + 2 * padding), np.float32)
+    padded[:, padding:padding + side, padding:padding + side] = masks
+    wide = _expand(_port_float(boxes).reshape(-1, 4), (side + 2 * padding) / side)
+    sizes = np.maximum(wide[:, 2:] - wide[:, :2] + 1, 1).tolist()  # Python floats: exact
+    height, width = image_hw
+    out = np.zeros((len(masks), height, width), dtype=bool)
+    for k, ((w, h), (x1, y1, x2, y2)) in enumerate(zip(sizes, wide.tolist())):
+        x1, y1, x2, y2 = round(x1), round(y1), round(x2), round(y2)
+        x0, y0, x_end, y_end = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+        if x_end > x0 and y_end > y0:
+            resized = cv2.resize(padded[k], (round(w), round(h)), interpolation=cv2.INTER_LINEAR)
+            np.greater(resized[y0 - y1:y_end - y1, x0 - x1:x_end - x1], threshold, out=out[k, y0:y_end, x0:x_end])
+    return out
 
 
 def _place(resized: np.ndarray, x1: int, y1: int, x_end: int, y_end: int, image_hw: tuple[int, int]) -> np.ndarray:
@@ -191,19 +259,25 @@ def port_postprocess(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, 
     score, boxes divided by ``ratio`` and clipped to [0, W] x [0, H], masks pasted the cv2
     way (:func:`paste_port`). The boxes stay float32, except when NMS keeps fewer than
     ``keep``: the port then pads its arrays with float64 zeros, which makes the kept boxes
-    float64 before the division, clip and paste, and so here too."""
+    float64 before the division, clip and paste, and so here too.
+
+    ``boxes [N, 4]`` xyxy float32 in the graph's input pixels, ``labels [N]`` 1..80,
+    ``scores [N]``, ``masks [N, 1, 28, 28]``; ``image_hw`` (H, W) of the original image ->
+    boxes [K, 4], scores [K], labels [K] int64, masks bool [K, H, W], K <= ``keep``. NMS stops
+    once ``keep`` boxes are kept (:func:`greedy_nms`): the later ones cannot change them."""
     boxes, labels = np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels).reshape(-1)
     scores, masks = np.asarray(scores, np.float32).reshape(-1), np.asarray(masks).reshape(len(labels), 28, 28)
-    offset = labels.astype(np.float32)[:, None] * (boxes.max() + 1)
-    port_order = torch.from_numpy(np.argsort(scores)[::-1].copy())  # the port's: exact ties come reversed
-    chosen = legacy_nms(torch.from_numpy(boxes + offset), torch.from_numpy(scores), NMS_THRESH,
-                        suppress_equal=False, order=port_order).numpy()[:keep]
-    height, width = image_hw
-    scaled = boxes[chosen].astype(np.float32 if len(chosen) >= keep else np.float64) / ratio
-    scaled[:, 0::2] = scaled[:, 0::2].clip(0, width)
-    scaled[:, 1::2] = scaled[:, 1::2].clip(0, height)
-    pasted = np.stack([paste_port(masks[i], b, image_hw) for i, b in zip(chosen, scaled)]) if len(chosen) else \
-        np.zeros((0, height, width), bool)
+    with timed("nms"):
+        offset = labels.astype(np.float32)[:, None] * (boxes.max() + 1)
+        port_order = np.argsort(scores)[::-1]  # the port's: exact ties come reversed
+        chosen = port_order[greedy_nms(boxes + offset, port_order, NMS_THRESH, suppress_equal=False, limit=keep)]
+    with timed("boxes"):
+        height, width = image_hw
+        scaled = boxes[chosen].astype(np.float32 if len(chosen) >= keep else np.float64) / ratio
+        scaled[:, 0::2] = scaled[:, 0::2].clip(0, width)
+        scaled[:, 1::2] = scaled[:, 1::2].clip(0, height)
+    with timed("masks"):
+        pasted = paste_port_masks(masks[chosen], scaled, image_hw)
     return {"boxes": scaled, "scores": scores[chosen], "labels": labels[chosen].astype(np.int64), "masks": pasted}
 
 

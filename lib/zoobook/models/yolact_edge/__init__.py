@@ -25,6 +25,10 @@ SECTIONS = (
     Section("06-benchmark", "speedup", "derived", "Speed-up over PyTorch eager",
             "Ratio of the mean graph latencies above, per batch size."),
     *HOST_SECTIONS,
+    Section("06-benchmark", "cut", "derived", "What the port's cut costs",
+            "The port's graph stops before the prediction head, which then runs on the host; the whole network "
+            "as one graph beside it (ONNX Runtime, batch 1, interleaved), each with its host work on one thread."),
+    Section("06-benchmark", "cut_parity", "parity", "The whole graph against PyTorch"),
     PUBLISHED_SPEED,
 )
 

@@ -166,8 +166,27 @@ class YolactEdge(nn.Module):
         features = self.fpn(*self.backbone(image))
         return (*features, self.protonet(features[0]))
 
+    def whole(self) -> WholeNetwork:
+        """The network with its prediction head inside, as one graph (not the port's cut)."""
+        return WholeNetwork(self)
+
     def predict(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """The whole network in PyTorch (the reference path): graph outputs plus head outputs."""
         *features, prototypes = self(image)
         loc, conf, coef = self.head(features)
         return {"loc": loc, "conf": conf, "coef": coef, "prototypes": prototypes}
+
+
+class WholeNetwork(nn.Module):
+    """YolactEdge with the prediction head in the graph: image -> (loc, conf logits, coefs,
+    prototypes NHWC), the outputs of :meth:`YolactEdge.predict`. The port cuts the graph
+    before the head and runs the head on the host; this is the graph without that cut, to
+    measure what the cut costs."""
+
+    def __init__(self, model: YolactEdge) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        found = self.model.predict(image)
+        return found["loc"], found["conf"], found["coef"], found["prototypes"]

@@ -8,25 +8,28 @@ Its own artifacts under ``runs/<profile>/yolact_edge/artifacts/``: ``inputs/<ind
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from zoobook import bench
 from zoobook.atomic import write_json_atomic
+from zoobook.bench import Budget
 from zoobook.checkpoints import weights_label
-from zoobook.compare import Tolerance
+from zoobook.compare import Tolerance, compare_with
 from zoobook.data.coco import locate_coco
 from zoobook.data.images import read_bgr
-from zoobook.export import export_onnx
+from zoobook.export import export_onnx, graph_flops
 from zoobook.metrics.coco import score_candidates
 from zoobook.models.yolact_edge import GRAPH, SPEC
 from zoobook.models.yolact_edge.checkpoint import build
-from zoobook.models.yolact_edge.postprocess import postprocess
+from zoobook.models.yolact_edge.postprocess import detections_to_results, postprocess
 from zoobook.models.yolact_edge.preprocess import INPUT_SIZE, preprocess
 from zoobook.pipeline import Deployment
-from zoobook.stages import Port, Run
+from zoobook.stages import Port, Run, StageIO
 from zoobook.stages.steps import load_outputs, open_session
 
 OUTPUT_NAMES = list(GRAPH.outputs)
@@ -132,6 +135,17 @@ class YolactEdgePort(Port):
                           release=session.close)
 
 
+    def benchmark_extra(self, run: Run, candidates: list[str], *, backend: str, graph_rows: list[dict],
+                        budget: Budget, warmup: int, backend_options: dict, full_graph: bool = True) -> dict:
+        """With ``full_graph``, what the port's cut costs (:func:`cut_cost`)."""
+        return cut_cost(run, budget=budget, warmup=warmup) if full_graph else {}
+
+    def stage_io(self, stage: str) -> StageIO:
+        """As every port's, and 06-benchmark writes the whole network's graph."""
+        io = super().stage_io(stage)
+        return dataclasses.replace(io, writes=(*io.writes, FULL_GRAPH)) if stage == "06-benchmark" else io
+
+
 PORT = YolactEdgePort()
 
 
@@ -163,3 +177,50 @@ def accuracy_rows(evaluation: dict) -> list[dict]:
             rows.append({"source": "published", "backend": pub.device, "bbox mAP": None, "segm mAP": pub.value,
                          "weights": "official checkpoint", "data": f"{pub.data}; {pub.metric}; {pub.source}"})
     return rows
+
+
+FULL_GRAPH = "benchmark/yolact_edge_full.onnx"  # apart from 02-export's *.onnx
+FULL_OUTPUTS = ["loc", "conf", "coef", "prototypes"]
+
+
+def cut_cost(run: Run, *, budget: Budget, warmup: int) -> dict[str, list[dict]]:
+    """The port cuts the graph before the prediction head and runs the head on the host. Here
+    the whole network is exported as one graph too (:class:`~.network.WholeNetwork`, written
+    to ``benchmark/yolact_edge_full.onnx``; never used by the other stages), checked against PyTorch on
+    the first data image, and both are timed in ONNX Runtime at batch 1 (interleaved), each
+    with the host work that follows it on one thread: the head, decoding, NMS and masks after
+    the cut; decoding, NMS and masks after the whole graph. ``cut``: one row per variant;
+    ``cut_parity``: the whole graph's outputs against PyTorch."""
+    from zoobook.backends import EMBEDDED_DEFAULT, get_backend
+    from zoobook.pipeline import thread_count
+
+    model, _ = run.model()
+    image = read_input(run, 0)[None]
+    path = run.path(FULL_GRAPH)
+    export_onnx(model.whole(), (torch.from_numpy(image),), path, input_names=["image"], output_names=FULL_OUTPUTS,
+                opset=run.exported["opset"])
+    cut = open_session(run, EMBEDDED_DEFAULT, uncompiled=True)
+    whole = get_backend(EMBEDDED_DEFAULT).open(path)
+    feeds = {"image": image}
+    with torch.inference_mode():
+        reference = {k: v.numpy() for k, v in model.predict(torch.from_numpy(image)).items()}
+    whole_out = whole.run(feeds)
+    parity = compare_with({k: reference[k] for k in FULL_OUTPUTS}, whole_out, YolactEdgePort.tolerances["fp32"])
+    size = [(run.manifest["images"][0]["height"], run.manifest["images"][0]["width"])]
+    cut_out = [cut.run(feeds)[n] for n in OUTPUT_NAMES]
+    graphs = {row["candidate"]: row for row in bench.benchmark({"cut": lambda: cut.run(feeds),
+                                                                "whole": lambda: whole.run(feeds)},
+                                                               batch_size=1, warmup=warmup, budget=budget)}
+    with thread_count(1):
+        hosts = {row["candidate"]: row for row in bench.benchmark(
+            {"cut": lambda: postprocess(model.head, cut_out, size),
+             "whole": lambda: detections_to_results(*(whole_out[n] for n in FULL_OUTPUTS), size)},
+            batch_size=1, warmup=1, budget=budget)}
+    gflop = {"cut": graph_flops(run.onnx()) / 1e9, "whole": graph_flops(path) / 1e9}
+    labels = {"cut": "port's cut: graph, then the head on the host", "whole": "whole graph: the head inside"}
+    rows = [{"candidate": labels[k], "graph_gflop": gflop[k], "graph_ms": graphs[k]["mean_ms"],
+             "host_ms_1_thread": hosts[k]["mean_ms"], "total_ms": graphs[k]["mean_ms"] + hosts[k]["mean_ms"],
+             "calls": graphs[k]["calls"]} for k in ("cut", "whole")]
+    cut.close()
+    whole.close()
+    return {"cut": rows, "cut_parity": [{"graph": "whole", **row} for row in parity]}
