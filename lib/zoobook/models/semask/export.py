@@ -19,15 +19,36 @@ MEAN_RGB = np.array([123.675, 116.28, 103.53], np.float32)
 STD_RGB = np.array([58.395, 57.12, 57.375], np.float32)
 
 
-def normalize(rgb: np.ndarray) -> np.ndarray:
+def normalize(rgb: np.ndarray, *, to_rgb: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 RGB [H, W, 3] (or [B, H, W, 3]) -> float32 NCHW on the 0-255 scale, bit for bit
     as mmseg's Normalize (mmcv ``imnormalize``): OpenCV subtracts the float32 mean in float64
     and stores float32, then multiplies by 1 / std (float64 of the float32 std) in float64
-    and stores float32. Two roundings, and a reciprocal rather than a division."""
+    and stores float32. Two roundings, and a reciprocal rather than a division.
+
+    ``to_rgb=True``: the image is BGR (as ``cv2.imread`` gives it) and is taken as RGB, as
+    mmseg's ``Normalize(to_rgb=True)``. ``out``: a float32 [B, 3, H, W] array to write into
+    (returned); by default a new one.
+
+    The result depends only on each value and its channel, so uint8 images go through a
+    256-entry table per channel, computed with the arithmetic above (exact by construction);
+    other dtypes are computed directly."""
+    from zoobook.data.images import lookup_planes
+
+    def mmseg(values: np.ndarray) -> np.ndarray:  # [..., 3] in RGB order -> float32, OpenCV's two steps
+        centred = (values.astype(np.float64) - MEAN_RGB.astype(np.float64)).astype(np.float32)
+        return (centred.astype(np.float64) * (1 / STD_RGB.astype(np.float64))).astype(np.float32)
+
     batch = rgb[None] if rgb.ndim == 3 else rgb
-    centred = (batch.astype(np.float64) - MEAN_RGB.astype(np.float64)).astype(np.float32)
-    x = (centred.astype(np.float64) * (1 / STD_RGB.astype(np.float64))).astype(np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    channels = (2, 1, 0) if to_rgb else (0, 1, 2)
+    if out is None:
+        out = np.empty((batch.shape[0], 3, *batch.shape[1:3]), np.float32)
+    if batch.dtype != np.uint8:
+        out[:] = mmseg(batch[..., list(channels)]).transpose(0, 3, 1, 2)
+        return out
+    tables = np.ascontiguousarray(mmseg(np.arange(256)[:, None]).T)  # [3, 256]: R, G, B
+    for image, planes in zip(batch, out):
+        lookup_planes(image, tables, planes, channels)
+    return out
 
 
 def graph_shapes(batch_size: int, size: tuple[int, int] = PORT_SIZE) -> dict[str, dict[str, list[int]]]:

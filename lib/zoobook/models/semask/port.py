@@ -246,16 +246,19 @@ def _image_hw(path: Path) -> tuple[int, int]:
         raise ValueError(f"{path}: not a readable image ({err})") from None
 
 
-def read_image(run: Run, index: int) -> np.ndarray:
-    """RGB uint8 [H, W, 3] at the input size (mmseg reads BGR with OpenCV and converts)."""
+def read_image(run: Run, index: int, *, rgb: bool = True) -> np.ndarray:
+    """RGB uint8 [H, W, 3] at the input size (mmseg reads BGR with OpenCV and converts);
+    BGR, as read, with ``rgb=False``."""
     path = run.manifest["images"][index]["image"]
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    with timed("read"):
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
         raise FileNotFoundError(f"{path}: image missing or unreadable; rerun 01-data")
-    height, width = input_size(run)
-    if bgr.shape[:2] != (height, width):
-        bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    with timed("preprocess"):
+        height, width = input_size(run)
+        if bgr.shape[:2] != (height, width):
+            bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_LINEAR)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if rgb else bgr
 
 
 def read_label(run: Run, index: int) -> np.ndarray:
@@ -268,8 +271,15 @@ def read_label(run: Run, index: int) -> np.ndarray:
 
 
 def input_tensor(run: Run, indices: list[int]) -> np.ndarray:
-    """The port's input for data images ``indices``: float32 [len(indices), 3, H, W]."""
-    return np.concatenate([normalize(read_image(run, i)) for i in indices])
+    """The port's input for data images ``indices``: float32 [len(indices), 3, H, W]. Each
+    image is read as BGR and normalised straight into its slot (mmseg's ``to_rgb``)."""
+    height, width = input_size(run)
+    batch = np.empty((len(indices), 3, height, width), np.float32)
+    for slot, index in enumerate(indices):
+        bgr = read_image(run, index, rgb=False)
+        with timed("preprocess"):
+            normalize(bgr, to_rgb=True, out=batch[slot:slot + 1])
+    return batch
 
 
 def write_bin(run: Run, index: int, path: str | Path) -> Path:

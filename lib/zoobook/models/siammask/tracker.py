@@ -24,13 +24,15 @@ penalised scores, the tracker keeps the float mean colour beside the uint8 fill,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import torch
 
-from zoobook.models.siammask.network import refine_inputs
+from zoobook.timing import timed
 
 OUTPUTS = ("score", "delta", "mask", "f0", "f1", "f2", "corr_feature")
 
@@ -80,24 +82,90 @@ def cosine_window(config: TrackerConfig = TrackerConfig()) -> np.ndarray:
     return np.tile(window, len(config.ratios) * len(config.scales))
 
 
-def crop_patch(frame: np.ndarray, centre: np.ndarray, model_size: int, side: int, fill: np.ndarray) -> np.ndarray:
+def crop_patch(frame: np.ndarray, centre: np.ndarray, model_size: int, side: int, fill: np.ndarray, *,
+               scratch: Scratch | None = None) -> np.ndarray:
     """Square window of ``side`` px centred at ``centre`` (top-left = round-half-even(centre -
     (side+1)/2)), outside parts filled with ``fill`` (uint8), resized bilinearly (on uint8) to
-    ``model_size``. Returns float32 [1, 3, model_size, model_size], BGR, 0..255."""
+    ``model_size``. Returns float32 [1, 3, model_size, model_size], BGR, 0..255.
+
+    Only the window is built, never the padded frame: ``cv2.resize`` sees the same side x side
+    pixels as the reference's padded crop. With ``scratch`` the window is a reused canvas of
+    ``fill`` into which only the frame part is copied (and cleared again afterwards)."""
     h, w = frame.shape[:2]
     left = int(np.round(centre[0] - (side + 1) / 2))
     top = int(np.round(centre[1] - (side + 1) / 2))
-    pad_left, pad_top = max(0, -left), max(0, -top)
-    pad_right, pad_bottom = max(0, left + side - w), max(0, top + side - h)
-    if pad_left or pad_top or pad_right or pad_bottom:
-        canvas = np.empty((h + pad_top + pad_bottom, w + pad_left + pad_right, 3), np.uint8)
-        canvas[:] = fill
-        canvas[pad_top:pad_top + h, pad_left:pad_left + w] = frame
-        frame, left, top = canvas, left + pad_left, top + pad_top
-    patch = frame[top:top + side, left:left + side]
-    if side != model_size:
+    x0, y0 = min(max(left, 0), w), min(max(top, 0), h)  # the part of the window inside the frame
+    x1, y1 = max(min(left + side, w), x0), max(min(top + side, h), y0)
+    inside = frame[y0:y1, x0:x1]
+    if inside.shape[:2] == (side, side):
+        return _resized(inside, model_size)
+    if scratch is not None:
+        with scratch.canvas(side, fill, inside, (y0 - top, x0 - left)) as window:
+            return _resized(window, model_size)
+    border = (y0 - top, top + side - y1, x0 - left, left + side - x1)  # top, bottom, left, right
+    if inside.size == 0:  # the window misses the frame: all fill
+        inside, border = np.asarray(fill, np.uint8).reshape(1, 1, -1), (0, side - 1, 0, side - 1)
+    return _resized(cv2.copyMakeBorder(inside, *border, cv2.BORDER_CONSTANT, value=[float(v) for v in fill]),
+                    model_size)
+
+
+def _resized(patch: np.ndarray, model_size: int) -> np.ndarray:
+    """uint8 [S, S, C] -> bilinear resize to ``model_size`` when S differs -> float32 [1, C, M, M]."""
+    if patch.shape[0] != model_size:
         patch = cv2.resize(patch, (model_size, model_size))
-    return np.ascontiguousarray(patch.transpose(2, 0, 1)[None], dtype=np.float32)
+    crop = np.empty((1, patch.shape[2], model_size, model_size), np.float32)
+    for channel, plane in enumerate(cv2.split(patch)):  # HWC uint8 -> CHW float32, exact
+        crop[0, channel] = plane
+    return crop
+
+
+class Scratch:
+    """Host buffers a tracker reuses from frame to frame, for intermediates that never leave a
+    call (outputs are fresh arrays). Writing a fresh multi-megabyte array costs page faults,
+    and a search window can be much larger than the frame."""
+
+    def __init__(self) -> None:
+        self._flat: dict[str, np.ndarray] = {}
+        self._fill: np.ndarray | None = None
+
+    def array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A C-contiguous array of ``shape`` and ``dtype``, contents undefined: the buffer
+        ``name`` again, grown (with headroom) when too small."""
+        size = int(np.prod(shape))
+        flat = self._flat.get(name)
+        if flat is None or flat.dtype != dtype or flat.size < size:
+            flat = self._flat[name] = np.empty(size + size // 4, dtype)
+        return flat[:size].reshape(shape)
+
+    @contextmanager
+    def canvas(self, side: int, fill: np.ndarray, part: np.ndarray, at: tuple[int, int]) -> Iterator[np.ndarray]:
+        """A uint8 [side, side, C] window of ``fill`` with ``part`` [h, w, C] at (row, col)
+        ``at``. The buffer behind it holds only ``fill`` between calls: the part is cleared on
+        exit, so only the frame part is written, not the whole window."""
+        fill = np.asarray(fill, np.uint8)
+        size = side * side * len(fill)
+        flat = self._flat.get("canvas")
+        if flat is None or flat.size < size or self._fill is None or not np.array_equal(fill, self._fill):
+            grown = side + side // 8  # headroom: the window side drifts from frame to frame
+            flat = cv2.copyMakeBorder(fill.reshape(1, 1, -1), 0, grown - 1, 0, grown - 1, cv2.BORDER_CONSTANT,
+                                      value=[float(v) for v in fill]).reshape(-1)
+            self._flat["canvas"], self._fill = flat, fill.copy()
+            self._flat.pop("fill row", None)
+        window = flat[:size].reshape(side, side, len(fill))
+        target = window[at[0]:at[0] + part.shape[0], at[1]:at[1] + part.shape[1]]
+        target[...] = part
+        try:
+            yield window
+        finally:
+            target[...] = self._fill_rows(part.shape[1])
+
+    def _fill_rows(self, width: int) -> np.ndarray:
+        """One row of ``width`` fill pixels, [1, width, C] (broadcast over rows it is a copy of
+        contiguous rows, unlike broadcasting the C values over every pixel)."""
+        row = self._flat.get("fill row")
+        if row is None or len(row) < width:
+            row = self._flat["fill row"] = np.tile(self._fill, (width, 1))
+        return row[None, :width]
 
 
 class TorchEngine:
@@ -241,6 +309,7 @@ class SiamMaskTracker:
     reference writes it into its uint8 padding buffer, the colour every crop is padded with.
     ``debug=True`` keeps ``template_crop`` (float32 [1, 3, E, E], E = ``exemplar_size``, BGR,
     0..255) and a :class:`TrackDebug` in every :class:`TrackResult`; off, no crop is kept.
+    ``scratch``: the :class:`Scratch` buffers the host steps reuse (one tracker, one thread).
     """
 
     def __init__(self, engine, config: TrackerConfig = TrackerConfig(), *, debug: bool = False) -> None:
@@ -248,6 +317,7 @@ class SiamMaskTracker:
         self.anchors = make_anchors(config)
         self.window = cosine_window(config)
         self.template_crop: np.ndarray | None = None
+        self.scratch = Scratch()
 
     def init(self, frame: np.ndarray, box: tuple[float, float, float, float]) -> None:
         """``box`` = (x, y, w, h) of the target in ``frame``."""
@@ -275,61 +345,106 @@ class SiamMaskTracker:
         return scale, s + 2 * ((cfg.instance_size - cfg.exemplar_size) / 2 / scale)
 
     def track(self, frame: np.ndarray) -> TrackResult:
+        """One frame. Host steps are marked for :func:`zoobook.timing.recording` (crop, decode,
+        mask, paste, polygon; the engine calls as graph)."""
         cfg = self.config
-        scale, side = self._search_side()
-        side_px = int(np.round(side))
-        crop_origin = self.centre - side_px / 2
-        search = crop_patch(frame, self.centre, cfg.instance_size, side_px, self.fill)
-        outputs = self.engine.search(search)
-        decoded = score_anchors(outputs, self.anchors, self.window, self.size * scale, cfg)
-        best = decoded.best
-        box = decoded.boxes[:, best] / np.float32(scale)  # float32, as the reference
-        lr = float(decoded.penalty[best] * decoded.scores[best]) * cfg.lr
-        self.centre = self.centre + box[:2].astype(np.float64)
-        self.size = self.size * (1 - lr) + box[2:].astype(np.float64) * lr
-        _, row, col = np.unravel_index(best, (len(self.anchors) // cfg.score_size ** 2, cfg.score_size, cfg.score_size))
-        logits, probabilities = self._mask(outputs, int(row), int(col))
-        pasted = self._paste(probabilities, crop_origin, side_px, int(row), int(col))
-        polygon = self._polygon(pasted)
-        h, w = self.frame_hw
-        self.centre = np.array([min(max(self.centre[0], 0), w), min(max(self.centre[1], 0), h)], dtype=np.float64)
-        self.size = np.array([min(max(self.size[0], 10), w), min(max(self.size[1], 10), h)], dtype=np.float64)
+        with timed("crop"):
+            scale, side = self._search_side()
+            side_px = int(np.round(side))
+            crop_origin = self.centre - side_px / 2
+            search = crop_patch(frame, self.centre, cfg.instance_size, side_px, self.fill, scratch=self.scratch)
+        with timed("graph"):
+            outputs = self.engine.search(search)
+        with timed("decode"):
+            decoded = score_anchors(outputs, self.anchors, self.window, self.size * scale, cfg)
+            best, margin = decoded.best, decoded.margin
+            box = decoded.boxes[:, best] / np.float32(scale)  # float32, as the reference
+            lr = float(decoded.penalty[best] * decoded.scores[best]) * cfg.lr
+            centre = self.centre + box[:2].astype(np.float64)
+            size = self.size * (1 - lr) + box[2:].astype(np.float64) * lr
+            _, row, col = np.unravel_index(best, (len(self.anchors) // cfg.score_size ** 2, cfg.score_size,
+                                                  cfg.score_size))
+            row, col = int(row), int(col)
+            h, w = self.frame_hw
+            self.centre = np.array([min(max(centre[0], 0), w), min(max(centre[1], 0), h)], dtype=np.float64)
+            self.size = np.array([min(max(size[0], 10), w), min(max(size[1], 10), h)], dtype=np.float64)
+        with timed("mask"):
+            logits, probabilities = self._mask(outputs, row, col)
+        with timed("paste"):
+            pasted, covered = self._paste(probabilities, crop_origin, side_px, row, col)
+        with timed("polygon"):
+            polygon = self._polygon(pasted, covered, centre, size)
         debug = TrackDebug(search, (float(crop_origin[0]), float(crop_origin[1]), side_px), decoded.scores,
                            decoded.penalised, logits) if self.debug else None
         return TrackResult(polygon, self.centre.copy(), self.size.copy(), float(decoded.scores[best]),
-                           (int(row), int(col)), pasted, decoded.margin, debug)
+                           (row, col), pasted, margin, debug)
 
     def _mask(self, outputs: dict[str, np.ndarray], row: int, col: int) -> tuple[np.ndarray, np.ndarray]:
         """The chosen cell's logits and probabilities, float32 [out_size, out_size]."""
         side = self.config.out_size
         if self.config.refine:
-            tensors = [torch.from_numpy(outputs[k]) for k in ("f0", "f1", "f2", "corr_feature")]
-            inputs = {f"p{i}": np.ascontiguousarray(p.numpy()) for i, p in enumerate(refine_inputs(*tensors, row, col))}
-            logits = torch.from_numpy(np.ascontiguousarray(self.engine.refine(inputs), dtype=np.float32))
+            inputs = refine_windows(outputs, row, col)
+            with timed("graph"):
+                refined = self.engine.refine(inputs)
+            logits = torch.from_numpy(np.ascontiguousarray(refined, dtype=np.float32))
         else:  # a strided view, as in the reference: torch rounds strided and contiguous sigmoids apart
             logits = torch.from_numpy(np.asarray(outputs["mask"], dtype=np.float32))[0, :, row, col]
         probabilities = logits.sigmoid()
         return logits.reshape(side, side).numpy().copy(), probabilities.reshape(side, side).numpy()
 
-    def _paste(self, probabilities: np.ndarray, crop_origin: np.ndarray, side_px: int, row: int, col: int) -> np.ndarray:
-        """Warp the out_size x out_size mask into the frame (bilinear, -1 outside)."""
+    def _paste(self, probabilities: np.ndarray, crop_origin: np.ndarray, side_px: int, row: int,
+               col: int) -> tuple[np.ndarray, tuple[slice, slice]]:
+        """Warp the out_size x out_size mask into the frame (bilinear, -1 outside); also the
+        (rows, cols) slices of the frame the map covers."""
         cfg = self.config
         m = side_px / cfg.instance_size
         sub = (crop_origin[0] + (col - cfg.base_size / 2) * cfg.total_stride * m,
                crop_origin[1] + (row - cfg.base_size / 2) * cfg.total_stride * m, m * cfg.exemplar_size)
-        return paste_mask(probabilities, sub, self.frame_hw)
+        return _paste_covered(probabilities, sub, self.frame_hw, self.scratch)
 
-    def _polygon(self, pasted: np.ndarray) -> np.ndarray:
-        binary = (pasted > self.config.seg_thr).astype(np.uint8)
-        contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    def _polygon(self, pasted: np.ndarray, covered: tuple[slice, slice], centre: np.ndarray,
+                 size: np.ndarray) -> np.ndarray:
+        """The min-area rectangle of the largest contour of ``pasted > seg_thr``, else the box
+        (``centre``, ``size``, before clipping). Only ``covered`` can pass the threshold (the
+        rest is -1); contours traced there with its offset are the whole frame's."""
+        rows, cols = covered
+        contours = ()
+        if rows.stop > rows.start and cols.stop > cols.start:
+            block = pasted[rows, cols]
+            binary = np.greater(block, self.config.seg_thr, out=self.scratch.array("binary", block.shape, bool))
+            binary = binary.view(np.uint8)
+            contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE,
+                                           offset=(cols.start, rows.start))
         areas = [cv2.contourArea(c) for c in contours]
         if contours and max(areas) > 100:
             corners = cv2.boxPoints(cv2.minAreaRect(contours[int(np.argmax(areas))].reshape(-1, 2)))
         else:
-            x, y = self.centre - self.size / 2
-            w, h = self.size
+            x, y = centre - size / 2
+            w, h = size
             corners = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])
         return np.asarray(corners, dtype=np.float64).ravel()
+
+
+def refine_windows(outputs: dict[str, np.ndarray], row: int, col: int) -> dict[str, np.ndarray]:
+    """The refine graph's inputs p0..p3 for score-map cell (row, col), as
+    :func:`~zoobook.models.siammask.network.refine_inputs` (f0, f1, f2 zero-padded by 16, 8, 4,
+    windows of 61, 31, 15 at 4, 2, 1 px per cell; p3 = corr_feature[:, :, row, col]) without
+    padding whole maps: zeros plus the part of each window inside its map."""
+    windows = {"p0": ("f0", 16, 61, 4), "p1": ("f1", 8, 31, 2), "p2": ("f2", 4, 15, 1)}
+    inputs = {}
+    for name, (key, pad, side, stride) in windows.items():
+        feature = outputs[key]
+        top, left = stride * row - pad, stride * col - pad
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(top + side, feature.shape[2]), min(left + side, feature.shape[3])
+        inside = (y0, x0, y1, x1) == (top, left, top + side, left + side)
+        window = (np.empty if inside else np.zeros)((*feature.shape[:2], side, side), feature.dtype)
+        if y1 > y0 and x1 > x0:
+            window[:, :, y0 - top:y1 - top, x0 - left:x1 - left] = feature[:, :, y0:y1, x0:x1]
+        inputs[name] = window
+    corr = outputs["corr_feature"]
+    inputs["p3"] = np.ascontiguousarray(corr[:, :, row, col]).reshape(*corr.shape[:2], 1, 1)
+    return inputs
 
 
 def paste_mask(probabilities: np.ndarray, window: tuple[float, float, float], frame_hw: tuple[int, int]) -> np.ndarray:
@@ -344,8 +459,30 @@ def paste_mask(probabilities: np.ndarray, window: tuple[float, float, float], fr
     ``probabilities`` float32 [n, n] in, float32 [H, W] out, bit-identical to OpenCV 4.9's
     ``warpAffine`` of the reference's float64 matrix (checked on random windows).
     """
+    return _paste_covered(probabilities, window, frame_hw)[0]
+
+
+def _paste_covered(probabilities: np.ndarray, window: tuple[float, float, float], frame_hw: tuple[int, int],
+                   scratch: Scratch | None = None) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """:func:`paste_mask`, and the (rows, cols) slices of the frame whose first tap falls on
+    the map or its 1-px -1 border (OpenCV's "inside"); only they are computed, the rest is -1.
+    The sample positions are monotonic in the pixel index, so those pixels are one block."""
     h, w = frame_hw
     n = probabilities.shape[0]
+    (x0, fx), (y0, fy) = _sample_positions(n, window, (h, w))
+    pasted = np.full((h, w), -1.0, np.float32)
+    rows, cols = _run(y0, n), _run(x0, n)
+    if rows.stop > rows.start and cols.stop > cols.start:
+        _bilinear(probabilities, y0[rows] + 1, fy[rows], x0[cols] + 1, fx[cols], pasted[rows, cols],
+                  scratch or Scratch())
+    return pasted, (rows, cols)
+
+
+def _sample_positions(n: int, window: tuple[float, float, float],
+                      frame_hw: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per frame column and per frame row: the map index of the first tap (int64, may lie
+    outside 0..n-1) and the tap fraction in 1/32 (int64 0..31), as OpenCV 4 rounds them."""
+    h, w = frame_hw
     k = n / window[2]
     positions = []
     for axis, (size, start) in enumerate(((w, window[0]), (h, window[1]))):
@@ -357,18 +494,46 @@ def paste_mask(probabilities: np.ndarray, window: tuple[float, float, float], fr
         else:  # rows: one rounding of the whole coordinate
             fixed = np.round((scale * steps + offset) * 1024).astype(np.int64)
         fixed = (fixed + 16) >> 5  # to 1/32 px
-        positions.append((fixed >> 5, (fixed & 31).astype(np.float32) / 32))
-    (x0, fx), (y0, fy) = positions
+        positions.append((fixed >> 5, fixed & 31))
+    return positions
+
+
+def _run(first_tap: np.ndarray, n: int) -> slice:
+    """The frame pixels whose first tap is in -1..n-1 (one run: the taps are monotonic)."""
+    inside = np.flatnonzero((first_tap >= -1) & (first_tap < n))
+    return slice(int(inside[0]), int(inside[-1]) + 1) if inside.size else slice(0, 0)
+
+
+#: tap weights k / 32 for k = 0..32, exact in float32
+_FRACTIONS = np.arange(33, dtype=np.float32) / 32
+
+
+def _bilinear(probabilities: np.ndarray, rows: np.ndarray, fy: np.ndarray, cols: np.ndarray, fx: np.ndarray,
+              out: np.ndarray, scratch: Scratch) -> None:
+    """OpenCV 4's bilinear taps into ``out`` [R, C]: the map padded with -1 is sampled at
+    padded rows ``rows``, ``rows + 1`` and columns ``cols``, ``cols + 1`` with fractions
+    ``fy``, ``fx`` (in 1/32). As OpenCV: float32, 2-D weights (exact products of the 1-D
+    ones), the four taps summed in the order (top-left, top-right, bottom-left, bottom-right).
+    A weight row for each of the 33 possible row fractions, gathered per row, gives those
+    products without an outer product per tap."""
     padded = np.pad(probabilities.astype(np.float32), 1, constant_values=-1.0)
-    cols, rows = np.clip(x0 + 1, 0, n + 1), np.clip(y0 + 1, 0, n + 1)
-    cols1, rows1 = np.clip(x0 + 2, 0, n + 1), np.clip(y0 + 2, 0, n + 1)
-    upper, lower, left, right = (1 - fy)[:, None], fy[:, None], (1 - fx)[None, :], fx[None, :]
-    # OpenCV sums the four taps in float32, in this order, with 2-D weights (exact products)
-    out = padded[rows][:, cols] * (upper * left) + padded[rows][:, cols1] * (upper * right)
-    out = out + padded[rows1][:, cols] * (lower * left)
-    out = out + padded[rows1][:, cols1] * (lower * right)
-    inside = ((x0 >= -1) & (x0 < n))[None, :] & ((y0 >= -1) & (y0 < n))[:, None]
-    return np.where(inside, out, -1.0).astype(np.float32)
+    # mode="clip" (the indices are in range) lets take() write straight into its out buffer
+    left = padded.take(cols, axis=1, out=scratch.array("left", (len(padded), len(cols)), np.float32), mode="clip")
+    right = padded.take(cols + 1, axis=1, out=scratch.array("right", left.shape, np.float32), mode="clip")
+    left_weights = np.multiply.outer(_FRACTIONS, _FRACTIONS[32 - fx])  # [33, C]: (k/32) * (1 - fx)
+    right_weights = np.multiply.outer(_FRACTIONS, _FRACTIONS[fx])  # (k/32) * fx
+    upper, lower = 32 - fy, fy
+    taps, weights = scratch.array("taps", out.shape, np.float32), scratch.array("weights", out.shape, np.float32)
+    terms = ((left, rows, left_weights, upper), (right, rows, right_weights, upper),
+             (left, rows + 1, left_weights, lower), (right, rows + 1, right_weights, lower))
+    for i, (values, at, row_weights, fraction) in enumerate(terms):
+        values.take(at, axis=0, out=taps, mode="clip")
+        row_weights.take(fraction, axis=0, out=weights, mode="clip")
+        if i == 0:
+            np.multiply(taps, weights, out=out)
+        else:
+            np.multiply(taps, weights, out=taps)
+            out += taps
 
 
 def _change(ratio: np.ndarray) -> np.ndarray:
