@@ -91,7 +91,7 @@ SPEC = ModelSpec(
                   "01-data": {"num_sequences": 1, "num_frames": 30, "demo_frames": 6},
                   "06-benchmark": {"seconds": 0.2, "min_calls": 2, "warmup": 1, "tracker_frames": 3,
                                    "host_items": 3}},
-        "default": {"01-data": {"num_sequences": 3, "num_frames": 380}},
+        "default": {"00-train": {"epochs": 5, "pairs": 48}, "01-data": {"num_sequences": 2, "num_frames": 380}},
         "full": {"00-train": {"require_real": True}, "01-data": {"num_sequences": 0, "require_real": True},
                  "02-export": {"require_official": True}},
     },
