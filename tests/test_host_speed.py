@@ -13,7 +13,7 @@ import torch
 
 from zoobook.bench import Budget, bare_loop_overhead, benchmark
 from zoobook.pipeline import Deployment, breakdown, deployment_bound, loop_speed, run_pipelined, run_sequential, \
-    same_outputs
+    same_outputs, with_device_stand_in
 from zoobook.timing import recording, timed
 
 
@@ -148,6 +148,25 @@ def test_pipelining_overlaps_the_stages():
     rows = loop_speed(slow, calls=8, rounds=1)
     assert [r["loop"] for r in rows] == ["sequential", "pipelined"] and all(r["same_outputs"] for r in rows)
     assert rows[1]["speedup"] > 1.5  # two 20 ms stages overlap: about 20 instead of 40 ms per item
+
+
+def test_a_device_stand_in_hides_the_host_behind_the_device():
+    calls = []
+
+    def graph(i):
+        calls.append(i)
+        return np.full(3, i)
+
+    real = Deployment([("read", lambda i: _sleep(4) or i), ("graph", graph), ("postprocess", lambda x: _sleep(4) or x)],
+                      list(range(6)))
+    assert with_device_stand_in(Deployment([("track", lambda i: i)], [0]), 10.0, calls=1) is None
+    stand_in = with_device_stand_in(real, 12.0, calls=6)
+    assert calls == list(range(6))  # the real graph ran once per item, to record its outputs
+    sequential, pipelined = loop_speed(stand_in, calls=6, rounds=1)
+    assert calls == list(range(6))  # and never again
+    assert sequential["same_outputs"] and same_outputs(run_sequential(stand_in, range(6)), run_sequential(real, range(6)))
+    assert sequential["mean_ms"] > 19  # 4 + 12 + 4 ms one after the other
+    assert pipelined["mean_ms"] < 17  # the device's 12 ms set the pace
 
 
 def test_a_failing_stage_stops_the_pipeline_and_is_named():

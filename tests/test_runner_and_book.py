@@ -42,6 +42,8 @@ def test_records_carry_results_and_provenance(smoke_run):
     assert {r["candidate"] for r in bench["tables"]["graph"]} == {"torch", "onnxruntime"}
     assert sorted({r["batch_size"] for r in bench["tables"]["graph"]}) == [1, 2]
     assert {"head", "decode", "nms", "masks"} <= set(bench["tables"]["host"][0])
+    assert [r["loop"] for r in bench["tables"]["pipeline"]] == [
+        "sequential", "pipelined", "sequential, device stand-in", "pipelined, device stand-in"]
     assert all(r["same_outputs"] for r in bench["tables"]["pipeline"])
     bound = bench["tables"]["deployment"][0]
     assert bound["device_ms"] == pytest.approx(1000 / 270.35)

@@ -137,11 +137,12 @@ def run_pipelined(deployment: Deployment, items: Iterable, *, depth: int = 2) ->
     return results
 
 
-def loop_speed(deployment: Deployment, *, calls: int, depth: int = 2, rounds: int = 2) -> list[dict]:
+def loop_speed(deployment: Deployment, *, calls: int, depth: int = 2, rounds: int = 2,
+               label: str = "") -> list[dict]:
     """The sequential and the pipelined loop over the same ``calls`` items, alternating for
-    ``rounds`` rounds (each after an untimed pass of the deployment's first item through both):
-    per item, the best round's milliseconds and the items per second; and whether the two
-    loops' outputs are the same, item by item."""
+    ``rounds`` rounds: per item, the best round's milliseconds and the items per second; and
+    whether the two loops' outputs are the same, item by item. ``label`` is added to each
+    row's ``loop``."""
     items = deployment.take(calls)
     best = {"sequential": float("inf"), "pipelined": float("inf")}
     outputs: dict[str, list] = {}
@@ -154,10 +155,45 @@ def loop_speed(deployment: Deployment, *, calls: int, depth: int = 2, rounds: in
                 run_pipelined(deployment, items, depth=depth)
             best[loop] = min(best[loop], (time.perf_counter() - start) * 1000.0 / calls)
     same = same_outputs(outputs["sequential"], outputs["pipelined"])
-    return [{"loop": loop, "calls": calls, "rounds": rounds, "mean_ms": ms, "throughput": 1000.0 / ms,
+    return [{"loop": loop + label, "calls": calls, "rounds": rounds, "mean_ms": ms, "throughput": 1000.0 / ms,
              "speedup": best["sequential"] / ms, "same_outputs": same,
              "threads": 1 if loop == "sequential" else f"{len(deployment.stages)} stage threads, queues of {depth}"}
             for loop, ms in best.items()]
+
+
+def with_device_stand_in(deployment: Deployment, device_ms: float, *, calls: int) -> Deployment | None:
+    """The deployment with its graph stage replaced by a stand-in for the published device:
+    it waits ``device_ms`` (asleep, as a host thread waits on a device) and hands on the
+    outputs the real graph gave for that item, recorded by one sequential pass over the first
+    ``calls`` items. The host's stages are untouched, so a pipelined loop over it shows how
+    much of the host's time a device of that speed would hide. None where the deployment has
+    no stage named ``graph`` (a tracker that calls its graphs inside)."""
+    names = [name for name, _ in deployment.stages]
+    if GRAPH not in names:
+        return None
+    where = names.index(GRAPH)
+    graph = deployment.stages[where][1]
+    recorded: list = []
+    stages = list(deployment.stages)
+    stages[where] = (GRAPH, lambda value: recorded.append(graph(value)) or recorded[-1])
+    if deployment.reset:
+        deployment.reset()
+    run_sequential(Deployment(stages, deployment.items), deployment.take(calls))
+    handed = {"next": 0}
+
+    def stand_in(_value):
+        time.sleep(device_ms / 1000.0)
+        out = recorded[handed["next"] % len(recorded)]
+        handed["next"] += 1
+        return out
+
+    def reset() -> None:
+        handed["next"] = 0
+        if deployment.reset:
+            deployment.reset()
+
+    stages[where] = (GRAPH, stand_in)
+    return Deployment(stages, deployment.items, deployment.unit, reset)
 
 
 def breakdown(deployment: Deployment, *, calls: int, threads: int, warmup: int = 1) -> dict:

@@ -367,10 +367,12 @@ def host_speed(run: Run, backend: str, *, items: int = 8, backend_options: dict 
     - ``deployment``: the rate a deployment would reach with the published device time and
       this host, overlapped and one after the other (:func:`zoobook.pipeline.deployment_bound`);
     - ``pipeline``: the sequential loop against the pipelined one (a thread per stage,
-      queues of ``depth``), with whether their outputs are the same.
+      queues of ``depth``), with whether their outputs are the same; and both again with the
+      graph replaced by a stand-in that waits the published device time
+      (:func:`zoobook.pipeline.with_device_stand_in`), beside the bound it should approach.
     """
     from zoobook.backends.base import cpu_threads
-    from zoobook.pipeline import breakdown, deployment_bound, loop_speed
+    from zoobook.pipeline import breakdown, deployment_bound, loop_speed, with_device_stand_in
 
     deployment = run.port.deployment(run, backend, items=max(1, items), backend_options=backend_options)
     device = run.spec.device_time
@@ -383,7 +385,14 @@ def host_speed(run: Run, backend: str, *, items: int = 8, backend_options: dict 
             if device is not None:
                 bounds.append({"threads": threads, **deployment_bound(found["host_ms"], device.ms),
                                "device": device.basis})
-        pipeline = loop_speed(deployment, calls=max(len(deployment.items), 2), depth=depth)
+        calls = max(len(deployment.items), 2)
+        pipeline = loop_speed(deployment, calls=calls, depth=depth)
+        stand_in = with_device_stand_in(deployment, device.ms, calls=calls) if device is not None else None
+        if stand_in is not None:
+            bound = deployment_bound(host[-1]["host_ms"], device.ms)  # the loops run with the machine's threads
+            pipeline += [{**row, "bound_fps": bound[
+                "overlapped_fps" if row["loop"].startswith("pipelined") else "sequential_fps"]}
+                for row in loop_speed(stand_in, calls=calls, depth=depth, label=", device stand-in")]
     finally:
         deployment.close()
     return {"host": host, "deployment": bounds, "pipeline": [{"backend": backend, **r} for r in pipeline],
