@@ -204,3 +204,11 @@ def test_same_outputs_is_exact():
     assert not same_outputs(a, {"x": np.array([1.0, np.nan], np.float64), "y": [1, (2, "z")]})  # dtype
     assert not same_outputs(np.zeros((2, 1)), np.zeros(2))
     assert not same_outputs(torch.zeros(2), np.zeros(2, np.float32))
+
+
+def test_the_harness_check_is_not_run_beside_a_slow_graph():
+    from zoobook.stages.steps import harness_overhead
+
+    row = harness_overhead(None, "g", [{"candidate": "torch", "batch_size": 1, "mean_ms": 50.0},
+                                       {"candidate": "onnxruntime", "batch_size": 1, "mean_ms": 2500.0}])
+    assert row["note"].startswith("not measured: one call takes 2.5 s") and "bare_ms" not in row
