@@ -370,6 +370,9 @@ def harness_overhead(run: Run, graph: str, graph_rows: list[dict], *, warmup: in
 #: a graph call slower than this (on this machine) gets one round of the sequential and the
 #: pipelined loop instead of two
 SLOW_GRAPH_MS = 1000.0
+#: items through the loops with the device stand-in (cheap: no graph runs), cycling the
+#: recorded outputs, so that filling and draining the pipeline weigh little
+STAND_IN_CALLS = 12
 
 
 def host_speed(run: Run, backend: str, *, items: int = 8, backend_options: dict | None = None,
@@ -408,7 +411,8 @@ def host_speed(run: Run, backend: str, *, items: int = 8, backend_options: dict 
             bound = deployment_bound(host[-1]["host_ms"], device.ms)  # the loops run with the machine's threads
             pipeline += [{**row, "bound_fps": bound[
                 "overlapped_fps" if row["loop"].startswith("pipelined") else "sequential_fps"]}
-                for row in loop_speed(stand_in, calls=calls, depth=depth, label=", device stand-in")]
+                for row in loop_speed(stand_in, calls=max(calls, STAND_IN_CALLS), depth=depth,
+                                      label=", device stand-in")]
     finally:
         deployment.close()
     return {"host": host, "deployment": bounds, "pipeline": [{"backend": backend, **r} for r in pipeline],
