@@ -53,6 +53,23 @@ def isolated_dirs(tmp_path_factory):
             os.environ[key] = value
 
 
+@pytest.fixture(autouse=True)
+def default_sigint(request):
+    """Every test starts and ends with Python's own SIGINT handler. A child process inherits an
+    ignored SIGINT, and the tests of interruption (a CLI run sent SIGINT, Ctrl-C while a Dask
+    client starts) need it as Python sets it; a test that leaves another handler behind is named
+    in a warning and the handler is put back."""
+    import signal
+    import warnings
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    handler = signal.getsignal(signal.SIGINT)
+    if handler is not signal.default_int_handler:
+        warnings.warn(f"{request.node.nodeid} left SIGINT's handler as {handler!r}; put back")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(scope="session")
 def golden_outputs(recipe_model, golden_image_path):
     """The recipe model's six graph outputs on the golden image, through our preprocessing."""

@@ -84,7 +84,7 @@ def test_book_builds_from_records(smoke_run, tmp_path):
     assert index == tmp_path / "_build" / "html" / "index.html" and index.is_file()
     summary = (tmp_path / "_build" / "html" / "book" / "summary.html").read_text()
     assert "06-benchmark" in summary and "published" in summary and "recipe" in summary
-    assert "Speed-up over PyTorch eager" in summary and "Speed end to end" in summary  # declared sections
+    assert "Speed-up over PyTorch eager" in summary and "Where the time goes per item" in summary  # declared sections
     assert "breaks its contract" not in summary and "declared by no section" not in summary
     assert (tmp_path / "_build" / "html" / "book" / "protocol.html").is_file()
     page = (tmp_path / "_build" / "html" / "book" / "yolact_edge" / "06-benchmark.html").read_text()

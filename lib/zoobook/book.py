@@ -182,8 +182,9 @@ def time_markdown(records: list[dict], slowest: int = 8) -> list[str]:
     totals: dict[str, float] = {}
     for r in timed:
         totals[r["model"]] = totals.get(r["model"], 0.0) + r["duration_s"]
+    whole = sum(totals.values()) or 1.0  # records of stages that took no time at all
     per_model = [{"model": m, "stages": sum(r["model"] == m for r in timed), "seconds": t,
-                  "share (%)": 100 * t / sum(totals.values())} for m, t in totals.items()]
+                  "share (%)": 100 * t / whole} for m, t in totals.items()]
     per_model.append({"model": "all", "stages": len(timed), "seconds": sum(totals.values()), "share (%)": 100.0})
     top = sorted(timed, key=lambda r: -r["duration_s"])[:slowest]
     rows = [{"stage": f"{r['model']} {r['stage']}", "seconds": r["duration_s"], "status": r.get("status")} for r in top]
