@@ -75,49 +75,54 @@ def test_stage_record_fields():
     assert record["status"] == "ok" and record["metrics"]["m"] == 0.5 and record["versions"]["torch"].startswith("2.13.0")
 
 
-def _locked(path: Path) -> dict[str, tuple[str, list[dict]]]:
-    """A PEP 751 lock -> {canonical name: (version, its wheels and sdist entries)}."""
+def _locked() -> dict[str, dict]:
+    """uv.lock -> {canonical name: its package entry}."""
     from packaging.utils import canonicalize_name
 
-    lock = tomllib.loads(path.read_text())
-    assert lock["lock-version"] == "1.0", path
-    return {canonicalize_name(p["name"]): (p["version"], p.get("wheels", []) + ([p["sdist"]] if "sdist" in p else []))
-            for p in lock["packages"]}
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    assert lock["version"] == 1
+    return {canonicalize_name(p["name"]): p for p in lock["package"]}
 
 
-@pytest.mark.parametrize("lock,extras", [("pylock.toml", ["test"]), ("pylock.lab.toml", ["test", "lab"])])
-def test_lock_pins_every_declared_dependency_with_hashes(lock, extras):
-    """Each lock holds every dependency pyproject.toml declares, at a version its range allows;
-    every locked package has a file with an address and a sha256 (pip checks them on install)."""
+def test_lock_pins_every_declared_dependency_with_hashes():
+    """uv.lock holds every dependency pyproject.toml declares (extras included), at a version its
+    range allows; every locked file has an address and a sha256 (uv checks them on install),
+    except torch's CPU wheel, which uv takes by path from the local wheel folder."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = project["dependencies"] + [r for extra in extras for r in project["optional-dependencies"][extra]]
-    locked = _locked(ROOT / lock)
+    declared = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    locked = _locked()
     for requirement in map(Requirement, declared):
-        version, _ = locked[canonicalize_name(requirement.name)]
-        assert requirement.specifier.contains(version, prereleases=True), f"{lock}: {requirement} but {version}"
-    unhashed = [name for name, (_, files) in locked.items()
-                if not files or not all(re.fullmatch(r"[0-9a-f]{64}", f.get("hashes", {}).get("sha256", "")) and
-                                        (f.get("url") or f.get("path")) for f in files)]
+        version = locked[canonicalize_name(requirement.name)]["version"]
+        assert requirement.specifier.contains(version, prereleases=True), f"uv.lock: {requirement} but {version}"
+    unhashed = []
+    for name, package in locked.items():
+        if package["source"].get("editable") == ".":
+            continue                                    # the project itself
+        files = package.get("wheels", []) + ([package["sdist"]] if "sdist" in package else [])
+        if name == "torch":
+            assert package["version"] == "2.13.0+cpu" and package["source"] == {"registry": "/opt/wheels"}
+            assert [Path(f["path"]).name for f in files] == ["torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"]
+            continue
+        if not files or not all(re.fullmatch(r"sha256:[0-9a-f]{64}", f.get("hash", "")) and f.get("url")
+                                for f in files):
+            unhashed.append(name)
     assert not unhashed
-    assert locked["torch"][0] == "2.13.0+cpu"
-
-
-def test_lab_lock_agrees_with_the_main_lock():
-    main, lab = _locked(ROOT / "pylock.toml"), _locked(ROOT / "pylock.lab.toml")
-    assert {name: main[name][0] for name in main} == {name: lab[name][0] for name in main}
 
 
 def test_environment_yml_and_makefile_install_the_lock():
+    """Every install goes through uv.lock as it is: `uv sync --frozen`, nothing else resolved."""
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert pip == ["-r pylock.toml"]
-    assert any(str(d).startswith("pip>=25.1") for d in env["dependencies"])
+    assert [d.split("=")[0].rstrip("<>") for d in env["dependencies"]] == ["python", "uv"]
     makefile = (ROOT / "Makefile").read_text()
-    assert "-r pylock.toml" in makefile and "--no-deps" in makefile
-    assert not list(ROOT.glob("requirements*.txt")), "one lock: pylock.toml"
+    assert "sync --frozen" in makefile and "pip install -r" not in makefile
+    assert not [p.name for p in ROOT.iterdir() if p.name.startswith(("requirements", "pylock"))], "one lock: uv.lock"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["uv"]
+    constraints = [line for line in (ROOT / "constraints.txt").read_text().splitlines()
+                   if line and not line.startswith("#")]
+    assert pyproject["constraint-dependencies"] == constraints
 
 
 def test_constraints_pin_cpu_torch():
