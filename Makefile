@@ -47,4 +47,16 @@ lock: | $(UV)
 	$(UV) lock --upgrade
 
 clean:
-	rm -rf _build runs book/summary.md book/*/[0-9][0-9]-*.ipynb
+	rm -rf _build runs book/summary.md book/matrix.md book/compare.md book/*/[0-9][0-9]-*.ipynb
+
+# make publish   push the book `make book` built (_build/html) to the gh-pages branch of a remote,
+#                as it is: it never rebuilds the book, so the pages are that run's records.
+#                -n writes .nojekyll (GitHub Pages would otherwise hide Sphinx's _static/).
+PUBLISH_REMOTE ?= origin
+PUBLISH_BRANCH ?= gh-pages
+
+.PHONY: publish
+publish: install
+	@test -f _build/html/index.html || { echo "make publish: _build/html/index.html is missing: run make book first" >&2; exit 1; }
+	$(VENV)/bin/ghp-import -n -p -f -r $(PUBLISH_REMOTE) -b $(PUBLISH_BRANCH) \
+	    -m "Zoo Book built from $$(git rev-parse --short HEAD 2>/dev/null || echo 'an unknown commit')" _build/html

@@ -87,6 +87,9 @@ def test_book_builds_from_records(smoke_run, tmp_path):
     assert "Speed-up over PyTorch eager" in summary and "Where the time goes per item" in summary  # declared sections
     assert "breaks its contract" not in summary and "declared by no section" not in summary
     assert (tmp_path / "_build" / "html" / "book" / "protocol.html").is_file()
+    matrix = (tmp_path / "_build" / "html" / "book" / "matrix.html").read_text()
+    assert all(get_spec(m).title in matrix for m in MODELS) and "export parity" in matrix
+    assert "compares with no other run" in (tmp_path / "_build" / "html" / "book" / "compare.html").read_text()
     page = (tmp_path / "_build" / "html" / "book" / "yolact_edge" / "06-benchmark.html").read_text()
     assert "<img" in page  # the throughput plot
 

@@ -8,6 +8,8 @@
     zoobook status [yolact_edge]              # each stage: ok, stale (and why), failed, blocked...
     zoobook book --jobs 2                     # two models at once; --scheduler tcp://host:8786 on a cluster
     zoobook run yolact_edge --force           # rerun stages that are up to date
+    zoobook compare runs-before/default default   # what changed between two runs, flagged
+    zoobook book --no-run --compare runs-before/default   # the book, with that page
 """
 
 from __future__ import annotations
@@ -82,9 +84,24 @@ def _book(args: argparse.Namespace) -> int:
     status = 0 if args.no_run else _execute(args, list(MODELS), None, {})
     if status == 130:
         return status
-    index = build_book(args.profile)
+    index = build_book(args.profile, compare=args.compare)
     print(f"book: {index}" + (" (stages failed or were blocked: see the summary page)" if status else ""))
     return status
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from zoobook.atomic import write_text_atomic
+    from zoobook.report import RunFolder, compare_markdown
+
+    try:
+        before, after = RunFolder.open(args.run_a), RunFolder.open(args.run_b)
+    except FileNotFoundError as err:
+        print(f"zoobook compare: {err}", file=sys.stderr)
+        return 2
+    page, flagged = compare_markdown(before, after)
+    write_text_atomic(args.out, page)
+    print(f"{args.out}: {flagged} difference(s) flagged")
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -136,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--stages", help="comma-separated: 02-export, export or 02 (default: all)")
     book = sub.add_parser("book", help="run all models' stages and build the Jupyter Book")
     book.add_argument("--no-run", action="store_true", help="only build the book from existing records")
+    book.add_argument("--compare", metavar="RUN", help="add a page comparing RUN (a profile, or a run folder kept "
+                                                       "aside) with this run")
+    compare = sub.add_parser("compare", help="a page setting two runs side by side, differences flagged")
+    compare.add_argument("run_a", metavar="RUN_A", help="before: a profile, or a folder of <model>/<stage>.json")
+    compare.add_argument("run_b", metavar="RUN_B", help="after: the same")
+    compare.add_argument("--out", default="compare.md", help="the page to write (Markdown; default compare.md)")
     status = sub.add_parser("status", help="each stage: ok, stale (and why), running, interrupted, failed, "
                                            "blocked or not run")
     status.add_argument("model", nargs="?", choices=MODELS)
@@ -157,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     stages.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                         help="the backend that {backend} in the paths stands for")
     args = parser.parse_args(argv)
-    return {"run": _run, "book": _book, "list": _list, "stages": _stages, "status": _status}[args.command](args)
+    return {"run": _run, "book": _book, "list": _list, "stages": _stages, "status": _status,
+            "compare": _compare}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from zoobook.data.coco_categories import COCO_CATEGORY_IDS
+from zoobook.stages.spec import AgreementLimit
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -175,6 +176,21 @@ def score_candidates(ground_truth: str | Path, images: list[dict], results: dict
         matcher.process(results[reference], results[backend])
         metrics["agreement"] = matcher.evaluate()
     return metrics
+
+
+#: what an fp32 candidate's detections must reach against the PyTorch reference's on the same
+#: images (the rows of :func:`agreement_rows`). The port's fp32 output tolerance (2e-3 absolute)
+#: bounds the score difference; matching, IoUs and mask pixels allow for a near-tie flipping a
+#: detection or a mask pixel at the 0.5 threshold. The COCO AP against the reference's detections
+#: is shown unjudged: with recipe weights it counts empty masks as misses.
+COCO_AGREEMENT_FP32 = (
+    AgreementLimit("reference detections matched", at_least=0.99),
+    AgreementLimit("backend detections matched", at_least=0.99),
+    AgreementLimit("mean box IoU of matches", at_least=0.99),
+    AgreementLimit("mean mask IoU of matches", at_least=0.99),
+    AgreementLimit("largest score difference", at_most=2e-3),
+    AgreementLimit("share of mask pixels differing", at_most=1e-3),
+)
 
 
 def agreement_rows(evaluation: dict) -> list[dict]:

@@ -24,6 +24,7 @@ from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
 from zoobook.export import graph_flops, onnx_io
 from zoobook.resume import file_stamps, resumable_folder
 from zoobook.stages.run import EXPORT_RECORD, Run, compiled_record
+from zoobook.stages.spec import judge_agreement as judge_agreement_rows
 
 # ---------------------------------------------------------------------------------------
 # 01-data
@@ -275,6 +276,13 @@ def evaluate(run: Run, backend: str, *, reference: bool = True, **params) -> dic
     """Score ``backend`` (and the PyTorch reference on the same data where ``reference``)
     with the model's evaluator, and their agreement (the port's ``score`` hook)."""
     return run.port.score(run, with_reference(capabilities(backend).name, reference), **params)
+
+
+def judge_agreement(run: Run, backend: str, rows: list[dict]) -> list[dict]:
+    """05-evaluate's agreement ``rows`` with each judged against the limit the model's spec sets
+    for the backend's precision (``limit``, ``passed``); unjudged where it sets none."""
+    limits = run.spec.agreement_limits.get(capabilities(backend).precision, ())
+    return judge_agreement_rows(rows, limits)
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights), ``preprocess.py``,
 graph) and ``port.py`` (its hooks over the shared stages, :mod:`zoobook.stages`).
 """
 
+from zoobook.metrics.coco import COCO_AGREEMENT_FP32
 from zoobook.stages.spec import HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
     ModelSpec, Published, Section
 
@@ -50,6 +51,8 @@ SPEC = ModelSpec(
         Published("end to end with masks, 0.139 s per image", 7.19, "FPS", "GTX 1080 Ti", _AUTHORS, 1),
     ),
     sections=SECTIONS,
+    task_metrics=("bbox AP", "segm AP"),
+    agreement_limits={"fp32": COCO_AGREEMENT_FP32},
     device_time=DeviceTime.from_fps(4.3, "Ascend 310P, the port's graph at batch 1: 4.3 FPS, published"),
     profiles={
         "smoke": {"01-data": {"num_images": 2, "input_size": 320}, "02-export": {"top_k": 100},

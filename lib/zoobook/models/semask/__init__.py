@@ -4,7 +4,7 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights), ``export.py`` (the port
 its normalisation) and ``port.py`` (its hooks over the shared stages, :mod:`zoobook.stages`).
 """
 
-from zoobook.stages.spec import HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
+from zoobook.stages.spec import AgreementLimit, HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
     ModelSpec, Published, Section
 
 #: the port's graph: one static batch size per graph, whole 1024 x 2048 image, arg-max inside
@@ -31,6 +31,15 @@ SECTIONS = (
     PUBLISHED_SPEED,
 )
 
+#: what an fp32 candidate's class maps must reach against the PyTorch reference's: the port's
+#: fp32 pixel agreement (0.999, as in 03-convert's parity), no image far off, and mIoU within a
+#: tenth of a point
+PIXEL_AGREEMENT_FP32 = (
+    AgreementLimit("pixels where", at_least=0.999),
+    AgreementLimit("the same, worst image", at_least=0.99),
+    AgreementLimit("mIoU difference (points)", at_most=0.1, absolute=True),
+)
+
 SPEC = ModelSpec(
     name="semask",
     title="SeMask-FPN (Swin-S)",
@@ -48,6 +57,8 @@ SPEC = ModelSpec(
           for bs, fps in ((1, 4.72), (4, 4.37), (8, 4.13))),
     ),
     sections=SECTIONS,
+    task_metrics=("mIoU",),
+    agreement_limits={"fp32": PIXEL_AGREEMENT_FP32},
     device_time=DeviceTime.from_fps(4.72, "Ascend 310P3, the port's graph at batch 1: 4.72 FPS (ais_bench), published"),
     profiles={
         "smoke": {"01-data": {"num_images": 3, "input_size": [128, 256]}, "02-export": {"batch_sizes": [1, 2]},

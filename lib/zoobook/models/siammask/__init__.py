@@ -7,7 +7,7 @@ training ``training.py`` (targets, losses), ``train_data.py`` (pairs), ``train.p
 and its entry point) and ``train_stage.py`` (00-train).
 """
 
-from zoobook.stages.spec import HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
+from zoobook.stages.spec import AgreementLimit, HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
     ModelSpec, Published, Section
 
 SEARCH_OUTPUTS = {"score": (1, 10, 25, 25), "delta": (1, 20, 25, 25), "mask": (1, 3969, 25, 25),
@@ -54,6 +54,17 @@ SECTIONS = (
     PUBLISHED_SPEED,
 )
 
+#: what an fp32 candidate must reach against the PyTorch reference in lock-step on the demo clip
+#: (both fed the same crops each frame): the same anchor cell nearly everywhere, box centres
+#: within a pixel, masks that overlap. The free-running VOT comparison is shown unjudged: one
+#: near-tie there sends the two trackers apart for the rest of a sequence.
+LOCKSTEP_AGREEMENT_FP32 = (
+    AgreementLimit("demo clip, lock-step: frames where both chose the same anchor cell", at_least=0.99),
+    AgreementLimit("demo clip, lock-step: largest box-centre difference", at_most=1.0),
+    AgreementLimit("demo clip, lock-step: mean mask IoU", at_least=0.99),
+    AgreementLimit("demo clip, lock-step: lowest mask IoU", at_least=0.9),
+)
+
 SPEC = ModelSpec(
     name="siammask",
     title="SiamMask (VOT, refine)",
@@ -83,6 +94,8 @@ SPEC = ModelSpec(
                   data=_TRAIN_DATA),
     ),
     sections=SECTIONS,
+    task_metrics=("EAO [108,371]", "EAO [100,356]"),
+    agreement_limits={"fp32": LOCKSTEP_AGREEMENT_FP32},
     device_time=DeviceTime.from_fps(1673.94, "Ascend 310P3, the port's mask and refine graphs once each per frame: "
                                     "its published 1673.94 FPS is 1000 / ((mask + refine ms) / 4) (parse.py), so "
                                     "4000 / 1673.94 ms per frame", per_item=4),

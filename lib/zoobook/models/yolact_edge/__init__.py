@@ -5,6 +5,7 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights), ``preprocess.py``,
 shared stages, :mod:`zoobook.stages`).
 """
 
+from zoobook.metrics.coco import COCO_AGREEMENT_FP32
 from zoobook.stages.spec import HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
     ModelSpec, Published, Section
 
@@ -48,6 +49,8 @@ SPEC = ModelSpec(
                   "haotian-liu/yolact_edge README", None, data="COCO (by YOLACT convention test-dev)"),
     ),
     sections=SECTIONS,
+    task_metrics=("segm mAP", "bbox mAP"),
+    agreement_limits={"fp32": COCO_AGREEMENT_FP32},
     device_time=DeviceTime.from_fps(270.35, "Ascend 310P, the cut graph at batch 1: 270.35 FPS (ais_bench --loop 100), "
                                     "published"),
     profiles={
