@@ -73,12 +73,12 @@ def test_matrix_has_a_row_per_model_and_candidate_with_verdicts(tmp_path):
     rows = matrix_rows(run)
     assert [r["model"] for r in rows] == [get_spec(m).title for m in MODELS for _ in range(1 if m != "semask" else 2)]
     reference, ort = [r for r in rows if r["model"] == get_spec("semask").title]
-    assert reference["candidate"] == "torch (reference)" and reference["agreement"] == "reference"
+    assert reference["candidate"] == "torch (ref.)" and reference["agreement"] == "reference"
     assert ort["export parity"] == "pass" and ort["convert parity"] == "pass" and ort["agreement"] == "pass (3/3)"
-    assert ort["task metric"] == "mIoU 1.5 (published 76.54)"
-    assert ort["end to end, this machine"].startswith("7.1/s") and "device-bound" in ort["end to end, this machine"]
+    assert ort["task metric"] == "mIoU 1.5 (pub. 76.54)"
+    assert ort["end to end"] == "7.1/s; bound 4.72/s (device)"
     assert ort["data"] == "[ok](semask/01-data.ipynb)" and ort["infer"] == "[**not run**](semask/04-infer.ipynb)"
-    assert ort["train"] == "—" and ort["weights and data"] == "weights: recipe; data: synthetic"
+    assert ort["train"] == "—" and ort["weights / data"] == "recipe / synthetic"
     yolact = next(r for r in rows if r["model"] == get_spec("yolact_edge").title)
     assert yolact["data"] == "[**not run**](yolact_edge/01-data.ipynb)"
 

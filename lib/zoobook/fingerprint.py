@@ -120,7 +120,7 @@ def notebook(path: Path) -> str:
 
 
 #: modules of the library that never run inside a stage: the runner's side, not the stages'
-OUTSIDE_STAGES = ("book.py", "cli.py", "fingerprint.py", "parallel.py", "runner.py")
+OUTSIDE_STAGES = ("book.py", "cli.py", "fingerprint.py", "parallel.py", "report.py", "runner.py")
 
 
 def library(model: str, cache: HashCache) -> str:

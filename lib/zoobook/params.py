@@ -70,7 +70,7 @@ COUNTS = Rule("a non-empty list of distinct integers >= 1", _distinct_counts)
 
 # --- closed sets, as the library spells them ---------------------------------------------
 PROFILES = ("smoke", "default", "full")  # zoobook.paths.PROFILES
-BACKENDS = ("auto", "torch", "onnxruntime", "ascend")  # "auto" and zoobook.backends.BACKENDS
+BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-fp16", "ascend")  # "auto" and zoobook.backends.BACKENDS
 ORT_LEVELS = ("disable", "basic", "extended", "all")  # zoobook.backends.onnxruntime_backend.LEVELS
 PRECISION_MODES = ("force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype",
                    "force_fp32")  # zoobook.backends.ascend.PRECISION_MODES: what atc_command passes on
@@ -107,6 +107,11 @@ RULES: dict[str | tuple[str, ...], Rule] = {
                             "ask npu-smi"),
     "precision_mode": optional(one_of(*PRECISION_MODES), "ATC's default"),
     "ort_optimization": optional(one_of(*ORT_LEVELS), "the backend's default, extended"),
+    "keep_dtype": optional(Rule("operator types or node names kept in fp32: a list of names, or one string of "
+                                "names separated by commas",
+                                lambda v: (isinstance(v, str) and all(p.strip() for p in v.split(",")))
+                                or (isinstance(v, (list, tuple)) and all(isinstance(p, str) and p for p in v))),
+                           "none"),
     # 04-infer, 05-evaluate
     "batch_size": COUNT,
     "device_id": integer(0),

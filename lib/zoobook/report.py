@@ -110,7 +110,7 @@ def _task_cell(spec: ModelSpec, accuracy: list[dict], candidate: str) -> str:
         published = next((r[metric] for r in accuracy if r.get("source") == "published"
                           and isinstance(r.get(metric), (int, float))), None)
         parts.append(f"{metric} {_fmt(measured[metric], 3)}"
-                     + (f" (published {_fmt(published, 4)})" if published is not None else ""))
+                     + (f" (pub. {_fmt(published, 4)})" if published is not None else ""))
     return "; ".join(parts) or "—"
 
 
@@ -134,7 +134,7 @@ def _speed_cell(record: dict, candidate: str) -> str:
     text = f"{_fmt(loop.get('throughput'), 3)}/s"
     bound = next((r for r in tables.get("deployment") or () if r.get("threads") == 1), None)
     if bound:
-        text += f" (with the published device: {_fmt(bound.get('overlapped_fps'), 3)}/s, {bound.get('bottleneck')}-bound)"
+        text += f"; bound {_fmt(bound.get('overlapped_fps'), 3)}/s ({bound.get('bottleneck')})"
     return text
 
 
@@ -144,7 +144,7 @@ def _provenance_cell(records: dict[str, dict]) -> str:
         if prov:
             weights = (prov.get("weights") or {}).get("kind", "—")
             data = (prov.get("data") or {}).get("kind", "—")
-            return f"weights: {weights}; data: {data}"
+            return f"{weights} / {data}"
     return "—"
 
 
@@ -170,7 +170,7 @@ def matrix_rows(run: RunFolder, states: dict[str, list] | None = None) -> list[d
         accuracy = (evaluate.get("tables") or {}).get("accuracy") or []
         for candidate in _candidates(spec, records):
             reference = candidate == "torch"
-            row = {"model": spec.title, "candidate": candidate + (" (reference)" if reference else ""), **stage_cells}
+            row = {"model": spec.title, "candidate": candidate + (" (ref.)" if reference else ""), **stage_cells}
             if reference:
                 row.update({"export parity": "reference", "convert parity": "reference", "agreement": "reference"})
             else:
@@ -180,8 +180,8 @@ def matrix_rows(run: RunFolder, states: dict[str, list] | None = None) -> list[d
                 row["agreement"] = (_agreement_cell((evaluate.get("tables") or {}).get("agreement"))
                                     if evaluate.get("backend") == candidate else "—")
             row["task metric"] = _task_cell(spec, accuracy, candidate)
-            row["end to end, this machine"] = _speed_cell(bench, candidate)
-            row["weights and data"] = _provenance_cell(records)
+            row["end to end"] = _speed_cell(bench, candidate)
+            row["weights / data"] = _provenance_cell(records)
             rows.append(row)
     return rows
 
@@ -194,16 +194,17 @@ def matrix_markdown(profile: str) -> str:
         RunFolder(runs_dir() / profile, profile, {})
     states = {model: stage_states(model, profile) for model in MODELS}
     lines = [f"# At a glance: the `{profile}` run", "",
-             "One row per model and candidate: the PyTorch reference and every backend this run scored. Each stage "
+             "One row per model and candidate: the PyTorch reference (*ref.*) and every backend this run scored. Each stage "
              "cell is its state, linked to its page (**ok**, **failed**, **blocked**, **stale**, **not run**, "
              "**running**, **interrupted**: anything but ok is in bold). *export parity*: ONNX Runtime on the exported "
              "graph against PyTorch; *convert parity*: the compiled model against the ONNX graph, for the backend "
              "that compiled it. *agreement*: 05-evaluate's task-level agreement with the reference, each measure "
              "against the limit the model's spec sets (the count of measures that hold). *task metric*: measured "
              "on this run's weights and data (see the last column: recipe or seeded weights and generated data "
-             "score near zero), beside the guide's *published* figure for the official weights. *end to end*: items "
+             "score near zero), beside the guide's figure for the official weights (*pub.*). *end to end*: items "
              "per second of the sequential read → preprocess → graph → host loop on the machine that built the "
-             "book, and the rate this host would allow beside the published device time.", ""]
+             "book; *bound*: the rate this host would allow beside the published device time, and which of the two "
+             "limits it.", ""]
     rows = matrix_rows(run, states)
     lines += [markdown_table(rows), ""] if run.records else [f"No stage has run in the `{profile}` profile.", ""]
     machines = sorted({(r.get("machine") or {}).get("host_cpu") or "" for recs in run.records.values()
