@@ -12,7 +12,7 @@ import pytest
 from zoobook.cli import main
 from zoobook.models import MODELS, get_spec
 from zoobook.report import RunFolder, compare_markdown, compare_table, fingerprint_changes, matrix_rows
-from zoobook.stages.spec import AgreementLimit, agreement_verdict, judge_agreement
+from zoobook.compare import AgreementLimit, agreement_verdict, judge_agreement
 
 
 def test_limits_judge_values_nan_and_absolute_values():

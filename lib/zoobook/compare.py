@@ -128,3 +128,49 @@ def detection_parity(reference: Mapping[str, np.ndarray], candidate: Mapping[str
         for name in ("boxes", "masks"):
             rows.append({"output": f"{name} (matched)", **compare_tensors(ref[name][i], cand[name][j], **elementwise)})
     return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Task-level agreement
+
+
+@dataclass(frozen=True)
+class AgreementLimit:
+    """What one of 05-evaluate's agreement measures must reach for a candidate to hold against
+    the PyTorch reference: the rows whose ``measure`` starts with this one, their value at least
+    ``at_least`` and at most ``at_most`` (its absolute value where ``absolute``)."""
+
+    measure: str
+    at_least: float | None = None
+    at_most: float | None = None
+    absolute: bool = False
+
+    def holds(self, value) -> bool:
+        if not isinstance(value, (int, float)) or value != value:
+            return False                           # missing or NaN: nothing agrees
+        value = abs(value) if self.absolute else value
+        return ((self.at_least is None or value >= self.at_least) and
+                (self.at_most is None or value <= self.at_most))
+
+    @property
+    def text(self) -> str:
+        name = "|value|" if self.absolute else "value"
+        return " and ".join(part for part in (f"{name} >= {self.at_least:g}" if self.at_least is not None else "",
+                                              f"{name} <= {self.at_most:g}" if self.at_most is not None else "")
+                            if part)
+
+
+def judge_agreement(rows: list[dict], limits: tuple[AgreementLimit, ...]) -> list[dict]:
+    """``rows`` (``measure``, ``value``) with ``limit`` and ``passed`` added to each row a limit
+    covers; rows no limit covers are shown as measured, without a verdict."""
+    out = []
+    for row in rows:
+        limit = next((lim for lim in limits if str(row.get("measure", "")).startswith(lim.measure)), None)
+        out.append({**row, "limit": limit.text, "passed": limit.holds(row.get("value"))} if limit else dict(row))
+    return out
+
+
+def agreement_verdict(rows: list[dict] | None) -> bool | None:
+    """Whether every judged agreement row passed; None where no row was judged."""
+    judged = [r["passed"] for r in rows or () if isinstance(r, dict) and "passed" in r]
+    return all(judged) if judged else None

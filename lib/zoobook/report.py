@@ -13,10 +13,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoobook.backends import BACKENDS
+from zoobook.backends import BACKENDS, REFERENCE
+from zoobook.compare import agreement_verdict
 from zoobook.models import MODELS, get_spec
 from zoobook.paths import PROFILES, runs_dir
-from zoobook.stages.spec import ModelSpec, agreement_verdict
+from zoobook.stages.spec import ModelSpec
 from zoobook.tables import markdown_table
 
 #: the matrix's stage columns: a stage's name without its number
@@ -82,7 +83,7 @@ def _fmt(value, digits: int = 4) -> str:
 
 def _candidates(spec: ModelSpec, records: dict[str, dict]) -> list[str]:
     """The reference and every backend scored or run: registered backend names only."""
-    found = ["torch"]
+    found = [REFERENCE]
     accuracy = ((records.get("05-evaluate") or {}).get("tables") or {}).get("accuracy") or []
     for row in accuracy:
         name = row.get("candidate") or row.get("backend")
@@ -169,7 +170,7 @@ def matrix_rows(run: RunFolder, states: dict[str, list] | None = None) -> list[d
         evaluate, bench = records.get("05-evaluate") or {}, records.get("06-benchmark") or {}
         accuracy = (evaluate.get("tables") or {}).get("accuracy") or []
         for candidate in _candidates(spec, records):
-            reference = candidate == "torch"
+            reference = candidate == REFERENCE
             row = {"model": spec.title, "candidate": candidate + (" (ref.)" if reference else ""), **stage_cells}
             if reference:
                 row.update({"export parity": "reference", "convert parity": "reference", "agreement": "reference"})

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from zoobook.data.coco_categories import COCO_CATEGORY_IDS
-from zoobook.stages.spec import AgreementLimit
+from zoobook.compare import AgreementLimit
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 

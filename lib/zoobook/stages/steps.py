@@ -21,10 +21,10 @@ from tqdm import tqdm
 from zoobook import bench
 from zoobook.backends import benchmark_candidates, capabilities, get_backend, with_reference
 from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
+from zoobook.compare import judge_agreement as judge_agreement_rows
 from zoobook.export import graph_flops, onnx_io
 from zoobook.resume import file_stamps, resumable_folder
 from zoobook.stages.run import EXPORT_RECORD, Run, compiled_record
-from zoobook.stages.spec import judge_agreement as judge_agreement_rows
 
 # ---------------------------------------------------------------------------------------
 # 01-data

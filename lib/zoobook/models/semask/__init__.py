@@ -4,7 +4,8 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights), ``export.py`` (the port
 its normalisation) and ``port.py`` (its hooks over the shared stages, :mod:`zoobook.stages`).
 """
 
-from zoobook.stages.spec import AgreementLimit, HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
+from zoobook.compare import AgreementLimit
+from zoobook.stages.spec import HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
     ModelSpec, Published, Section
 
 #: the port's graph: one static batch size per graph, whole 1024 x 2048 image, arg-max inside

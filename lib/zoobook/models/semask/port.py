@@ -83,12 +83,13 @@ class SeMaskPort(Port):
         the reverse, or an image without its label file) is an error naming what is missing
         (:func:`~zoobook.data.cityscapes.find_cityscapes`, ``CityscapesDataset.check``).
         Returns the dataset and its provenance."""
+        from zoobook.data import shown_path
         from zoobook.paths import data_dir, runs_dir
 
         real = find_cityscapes(data_dir())
         if real:
             dataset = CityscapesDataset(real, "val", limit=num_images or None).check()
-            return dataset, {"kind": "real", "name": "Cityscapes val (gtFine)", "root": str(real),
+            return dataset, {"kind": "real", "name": "Cityscapes val (gtFine)", "root": shown_path(real),
                              "count": len(dataset)}
         if require_real:
             raise FileNotFoundError(f"{data_dir() / 'cityscapes/leftImg8bit/val'}: real Cityscapes not found; this "
@@ -100,7 +101,7 @@ class SeMaskPort(Port):
         generated_once(root, meta, lambda: write_synthetic_cityscapes(root, count, size=(height, width), seed=seed))
         dataset = CityscapesDataset(root, "val")
         return dataset, {"kind": "synthetic", "name": "generated Cityscapes-layout set (street-like class regions)",
-                         "root": str(root), "count": len(dataset), "seed": seed}
+                         "root": shown_path(root), "count": len(dataset), "seed": seed}
 
     def prepare(self, run: Run, dataset: CityscapesDataset, provenance: dict, *,
                 input_size: tuple[int, int] = PORT_SIZE) -> dict:

@@ -7,7 +7,8 @@ training ``training.py`` (targets, losses), ``train_data.py`` (pairs), ``train.p
 and its entry point) and ``train_stage.py`` (00-train).
 """
 
-from zoobook.stages.spec import AgreementLimit, HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
+from zoobook.compare import AgreementLimit
+from zoobook.stages.spec import HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
     ModelSpec, Published, Section
 
 SEARCH_OUTPUTS = {"score": (1, 10, 25, 25), "delta": (1, 20, 25, 25), "mask": (1, 3969, 25, 25),

@@ -30,12 +30,13 @@ def training_data(run: Run, *, videos: int = 8, frames: int = 8, require_real: b
                   seed: int = 0) -> tuple[Path, dict]:
     """Real crop511 datasets under ``data/siammask_train`` when any is there, else a generated
     set of the four datasets in that layout under ``runs/<profile>/datasets/``."""
+    from zoobook.data import shown_path
     from zoobook.paths import data_dir, runs_dir
 
     real = data_dir() / REAL_ROOT
     present = [c.name for c in BASE_SUBSETS if (real / c.crop_dir).is_dir()]
     if present:
-        return real, {"kind": "real", "name": f"crop511 training sets: {', '.join(present)}", "root": str(real)}
+        return real, {"kind": "real", "name": f"crop511 training sets: {', '.join(present)}", "root": shown_path(real)}
     if require_real:
         raise FileNotFoundError(f"{real}: no crop511 training set (<dataset>/crop511 with its index) found")
     root = runs_dir() / run.profile / "datasets" / f"siammask-crop511-{videos}x{frames}-s{seed}"
@@ -47,7 +48,7 @@ def training_data(run: Run, *, videos: int = 8, frames: int = 8, require_real: b
 
     generated_once(root, meta, generate)
     return root, {"kind": "synthetic", "name": "generated crop511 sets (ytb_vos, vid, coco, det layouts; "
-                                               "textured shapes)", "root": str(root), "videos_per_set": videos,
+                                               "textured shapes)", "root": shown_path(root), "videos_per_set": videos,
                   "seed": seed}
 
 
