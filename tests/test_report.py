@@ -126,6 +126,9 @@ def test_fingerprint_changes_name_what_changed():
     b = {"notebook": "x", "reads": {"a.onnx": "9", "b.json": "2"}, "parameters": {"k": 1, "j": True}}
     assert fingerprint_changes(a, b) == ["parameters (j: — → True)", "reads (a.onnx)"]
     assert fingerprint_changes(a, a) == []
+    many = {"key": "k1", "reads": {f"inputs/{i}.bin": "1" for i in range(6)}}
+    assert fingerprint_changes(many, {"key": "k2", "reads": {f"inputs/{i}.bin": "2" for i in range(6)}}) == [
+        "reads (inputs/0.bin, inputs/1.bin, inputs/2.bin, inputs/3.bin and 2 more)"]
 
 
 def test_cli_compare_writes_the_page_and_explains_a_bad_folder(tmp_path, capsys):
@@ -135,3 +138,25 @@ def test_cli_compare_writes_the_page_and_explains_a_bad_folder(tmp_path, capsys)
     assert out.read_text().startswith("# What changed") and "0 difference(s) flagged" in capsys.readouterr().out
     assert main(["compare", str(tmp_path / "nowhere"), str(folder)]) == 2
     assert "no such run folder" in capsys.readouterr().err
+
+
+def test_matrix_has_a_row_for_the_fp16_emulation_where_03_convert_checked_it(tmp_path):
+    records = _semask_run()
+    convert = records[2]
+    convert["tables"]["parity_fp16"] = [{"graph": "batch 1", "output": "output", "agreement": 0.97, "passed": False}]
+    convert["metrics"]["fp16_parity_passed"] = False
+    rows = [r for r in matrix_rows(RunFolder.open(_write_run(tmp_path / "t", records)))
+            if r["model"] == get_spec("semask").title]
+    assert [r["candidate"] for r in rows] == ["torch (ref.)", "onnxruntime", "onnxruntime-fp16"]
+    fp16 = rows[-1]
+    assert fp16["convert parity"] == "**FAIL**" and fp16["agreement"] == "—" and rows[1]["convert parity"] == "pass"
+
+
+def test_compare_keys_rows_by_names_not_by_measured_columns_and_shows_rates_unjudged():
+    host_a = [{"threads": 1, "graph": 471.7, "host_ms": 10.0}, {"threads": 2, "graph": 480.2, "host_ms": 9.0}]
+    host_b = [{"threads": 1, "graph": 471.1, "host_ms": 10.5}, {"threads": 2, "graph": 465.8, "host_ms": 9.1}]
+    rows, flagged = compare_table("host", host_a, host_b)
+    assert flagged == 0 and [r["row"] for r in rows] == ["threads=1", "threads=2"]
+    rows, flagged = compare_table("training", [{"epoch": 1, "loss": 2.0, "samples_per_s": 3.0}],
+                                  [{"epoch": 1, "loss": 2.0, "samples_per_s": 3.2}])
+    assert flagged == 0 and [r["difference"] for r in rows if r["column"] == "samples_per_s"] == ["+6.7 %"]

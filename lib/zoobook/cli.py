@@ -10,12 +10,14 @@
     zoobook run yolact_edge --force           # rerun stages that are up to date
     zoobook compare runs-before/default default   # what changed between two runs, flagged
     zoobook book --no-run --compare runs-before/default   # the book, with that page
+    zoobook locate semask --candidate onnxruntime-fp16     # the first operator that diverges in fp16
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -104,6 +106,43 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _locate(args: argparse.Namespace) -> int:
+    import csv
+
+    from zoobook import locate as locator
+    from zoobook.models import open_run
+    from zoobook.stages import steps
+
+    run = open_run(args.model, args.profile)
+    options = {k: v for k, v in (("precision_mode", args.precision_mode), ("keep_dtype", args.keep_dtype)) if v}
+    try:
+        result = steps.locate(run, args.candidate, graph=args.graph, batch_size=args.batch_size,
+                              backend_options=options, dump=args.dump, suggest=args.suggest)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"zoobook locate: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else run.path("locate")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{result['candidate']}_{result['graph']}_bs{result['batch_size']}"
+    with open(out / f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["index", "node", "op_type", "tensor", "shape", "cosine", "max_abs", "max_rel",
+                                    "rel_euclidean", "nonfinite", "finite", "passed"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(result["rows"])
+    locator.plot_cosine(result["rows"], f"{run.spec.title}, {result['graph']}: {result['candidate']} against "
+                                        "fp32 ONNX Runtime").savefig(out / f"{stem}.png", dpi=110)
+    first = result["first"]
+    print(f"{len(result['rows'])} operator outputs compared; "
+          + (f"first divergence at #{first['index']} {first['node']} ({first['op_type']}), cosine "
+             f"{first['cosine']:.6f}, max_rel {first['max_rel']:.3g}" if first else "none diverges"))
+    for r in result["rounds"][1:]:
+        print(f"  keeping {', '.join(r['keep_dtype'])} in fp32: {r['failing']} failing")
+    if result["suggested_keep_dtype"]:
+        print(f"suggested: atc --keep_dtype with the operators of type {', '.join(result['suggested_keep_dtype'])}")
+    print(f"table and plot: {out / stem}.csv, .png")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from zoobook.runner import stage_states
 
@@ -174,6 +213,19 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--timeout", type=int, default=3600, help="per-cell timeout in seconds")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                      help="override a notebook parameter (YAML value), repeatable")
+    locate = sub.add_parser("locate", help="per-operator divergence of a candidate from fp32 ONNX Runtime")
+    locate.add_argument("model", choices=MODELS)
+    locate.add_argument("--profile", default="default", choices=PROFILES)
+    locate.add_argument("--candidate", default="onnxruntime-fp16", choices=BACKENDS)
+    locate.add_argument("--graph", help="which exported graph (default: the model's first)")
+    locate.add_argument("--batch-size", type=int, default=1)
+    locate.add_argument("--precision-mode", help="the fp16 emulation's mode (force_fp16, allow_mix_precision, ...)")
+    locate.add_argument("--keep-dtype", help="operator types or node names kept in fp32, comma-separated")
+    locate.add_argument("--dump", metavar="FOLDER", help="an Ascend operator dump of the compiled model")
+    locate.add_argument("--suggest", type=int, default=3, help="rounds of keeping the first divergent operator "
+                                                                "type in fp32 (0: none)")
+    locate.add_argument("--out", metavar="FOLDER", help="where the table and plot go (default: the run's "
+                                                         "artifacts/locate/)")
     sub.add_parser("list", help="list models and their stages")
     stages = sub.add_parser("stages", help="what each stage of one model depends on, takes, reads and writes")
     stages.add_argument("model", choices=MODELS)
@@ -181,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the backend that {backend} in the paths stands for")
     args = parser.parse_args(argv)
     return {"run": _run, "book": _book, "list": _list, "stages": _stages, "status": _status,
-            "compare": _compare}[args.command](args)
+            "compare": _compare, "locate": _locate}[args.command](args)
 
 
 if __name__ == "__main__":

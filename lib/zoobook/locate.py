@@ -141,6 +141,41 @@ def _tensor_types(model) -> dict[str, int]:
     return types
 
 
+def tensor_bytes(model) -> dict[str, int]:
+    """Bytes of each tensor whose shape and type shape inference can tell (static shapes)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - no sizes known: chunks fall back to their count
+        return {}
+    sizes: dict[str, int] = {}
+    for info in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        tensor = info.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        if tensor.elem_type and dims and all(d is not None for d in dims):
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+            sizes[info.name] = int(np.prod(dims, dtype=np.int64)) * itemsize
+    return sizes
+
+
+def chunks(names: list[str], *, chunk: int, max_bytes: int | None = None,
+           sizes: Mapping[str, int] | None = None) -> list[list[str]]:
+    """``names`` cut into runs of at most ``chunk`` names and, where ``max_bytes`` is set, at
+    most that many bytes together (by ``sizes``; a name of unknown size counts nothing, and a
+    single tensor larger than the budget gets a chunk of its own)."""
+    out: list[list[str]] = [[]]
+    held = 0
+    for name in names:
+        size = (sizes or {}).get(name, 0)
+        if out[-1] and (len(out[-1]) >= chunk or (max_bytes is not None and held + size > max_bytes)):
+            out.append([])
+            held = 0
+        out[-1].append(name)
+        held += size
+    return [part for part in out if part]
+
+
 def float_tensors(model) -> list[tuple[str, str, str]]:
     """``(tensor_name, node_name, op_type)`` for every float tensor (fp32, fp16, bf16, fp64) an
     operator of the top-level graph produces, in topological order (types from shape inference;
@@ -170,13 +205,14 @@ def _names(names: Iterable) -> list[str]:
 
 
 def dump_onnx(model_or_path, feeds: Mapping[str, np.ndarray], names: Iterable, *, chunk: int = 64,
-              transform: Callable | None = None, threads: int | None = None, optimization: str = "disable",
-              providers: list[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+              max_bytes: int | None = None, transform: Callable | None = None, threads: int | None = None,
+              optimization: str = "disable", providers: list[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """Run the graph on ``feeds`` and yield ``(name, array)`` for each of ``names`` (tensor
     names, or the tuples of :func:`float_tensors`), in their order. The wanted intermediate
     tensors are added as graph outputs ``chunk`` at a time, each chunk in a session of its own,
     and yielded as each chunk finishes, so no more than one chunk's arrays are held (a large
-    graph with every tensor as an output would not fit). ``transform`` (e.g.
+    graph with every tensor as an output would not fit); ``max_bytes`` also bounds a chunk's
+    tensors by their size (see :func:`chunks`), so that large activations come fewer at a time. ``transform`` (e.g.
     ``functools.partial(emulate_fp16, precision_mode=...)``) is applied to the model first.
     ONNX Runtime runs on the CPU with every graph optimisation off by default, so that each
     tensor is the one its node produced. Graph inputs and initializers asked for are yielded as
@@ -212,8 +248,8 @@ def dump_onnx(model_or_path, feeds: Mapping[str, np.ndarray], names: Iterable, *
     for info in graph.output:  # copies: the field is cleared and refilled per chunk
         original.append(onnx.ValueInfoProto())
         original[-1].CopyFrom(info)
-    for start in range(0, len(wanted), chunk):
-        part = wanted[start:start + chunk]
+    for part in chunks(wanted, chunk=chunk, max_bytes=max_bytes,
+                       sizes=tensor_bytes(model) if max_bytes is not None else None):
         run = [n for n in dict.fromkeys(part) if n in produced]
         values: dict[str, np.ndarray] = {}
         if run:
@@ -337,14 +373,15 @@ def first_divergence(rows: Iterable[dict]) -> dict | None:
 
 
 def locate_onnx(model_or_path, feeds: Mapping[str, np.ndarray], *, transform: Callable | None = None,
-                chunk: int = 64, threads: int | None = None, **thresholds) -> list[dict]:
+                chunk: int = 64, max_bytes: int | None = None, threads: int | None = None,
+                **thresholds) -> list[dict]:
     """:func:`locate` of the graph's own fp32 run (reference) against the same graph after
     ``transform`` (candidate; e.g. :func:`zoobook.backends.fp16.emulate_fp16`), over every float
     tensor of :func:`float_tensors`, both dumped ``chunk`` tensors at a time."""
     model = _load(model_or_path)
     order = float_tensors(model)
-    reference = dump_onnx(model, feeds, order, chunk=chunk, threads=threads)
-    candidate = dump_onnx(model, feeds, order, chunk=chunk, transform=transform, threads=threads)
+    reference = dump_onnx(model, feeds, order, chunk=chunk, max_bytes=max_bytes, threads=threads)
+    candidate = dump_onnx(model, feeds, order, chunk=chunk, max_bytes=max_bytes, transform=transform, threads=threads)
     return locate(reference, candidate, order, **thresholds)
 
 

@@ -135,7 +135,8 @@ RULES: dict[str | tuple[str, ...], Rule] = {
     "frames": COUNT,
     # flags
     **{name: FLAG for name in ("resume", "require_real", "require_official", "reference", "original", "trained",
-                                   "full_graph")},
+                                   "full_graph", "fp16")},
+    "locate": optional(FLAG, "where the fp16 emulation's parity fails"),
 }
 
 

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoobook.backends import BACKENDS, REFERENCE
+from zoobook.backends import BACKENDS, FP16_EMULATION, REFERENCE
 from zoobook.compare import agreement_verdict
 from zoobook.models import MODELS, get_spec
 from zoobook.paths import PROFILES, runs_dir
@@ -92,6 +92,9 @@ def _candidates(spec: ModelSpec, records: dict[str, dict]) -> list[str]:
     for record in records.values():
         if record.get("backend") in BACKENDS and record["backend"] not in found:
             found.append(record["backend"])
+    convert = (records.get("03-convert") or {}).get("tables") or {}
+    if convert.get("parity_fp16") and FP16_EMULATION not in found:
+        found.append(FP16_EMULATION)
     return found
 
 
@@ -176,8 +179,10 @@ def matrix_rows(run: RunFolder, states: dict[str, list] | None = None) -> list[d
                 row.update({"export parity": "reference", "convert parity": "reference", "agreement": "reference"})
             else:
                 row["export parity"] = _verdict_word((export.get("metrics") or {}).get("parity_passed"))
-                row["convert parity"] = (_verdict_word((convert.get("metrics") or {}).get("parity_passed"))
-                                         if convert.get("backend") == candidate else "—")
+                metrics = convert.get("metrics") or {}
+                row["convert parity"] = (_verdict_word(metrics.get("parity_passed")) if convert.get("backend") == candidate
+                                         else _verdict_word(metrics.get("fp16_parity_passed"))
+                                         if candidate == FP16_EMULATION else "—")
                 row["agreement"] = (_agreement_cell((evaluate.get("tables") or {}).get("agreement"))
                                     if evaluate.get("backend") == candidate else "—")
             row["task metric"] = _task_cell(spec, accuracy, candidate)
@@ -230,10 +235,20 @@ KEY_COLUMNS = ("epoch", "graph", "output", "candidate", "backend", "batch_size",
 TIMED_KINDS = ("speed", "host", "pipeline", "bound", "derived", "memory")
 #: the timed columns shown (others, such as percentiles, stay on the stage pages)
 TIMED_COLUMNS = ("mean_ms", "host_ms", "throughput", "overlapped_fps", "speedup", "overhead_pct", "peak_rss_mb")
+#: columns of any other table that hold times or rates: shown as relative changes, never judged
+TIMED_SUFFIXES = ("_ms", "_s", "_per_s", "seconds", "fps", "throughput")
 
 
 def _row_key(row: dict) -> tuple:
-    return tuple((c, json.dumps(row[c], default=str)) for c in KEY_COLUMNS if c in row)
+    """The naming columns a row has, those holding names or counts (a float under a naming
+    column's name, such as a host table's ``graph`` milliseconds, measures rather than names)."""
+    return tuple((c, json.dumps(row[c], default=str)) for c in KEY_COLUMNS
+                 if c in row and not isinstance(row[c], float))
+
+
+def _timed(column: str) -> bool:
+    """A column of times or rates in any table (a training's samples per second, say)."""
+    return column.endswith(TIMED_SUFFIXES)
 
 
 def _keyed(rows: list[dict], repeated: set) -> list[tuple[tuple, dict]]:
@@ -263,7 +278,8 @@ def _key_text(key: tuple) -> str:
 
 
 def _numbers(row: dict) -> dict[str, float]:
-    return {c: float(v) for c, v in row.items() if c not in KEY_COLUMNS and isinstance(v, (int, float))
+    named = {c for c, _ in _row_key(row)}
+    return {c: float(v) for c, v in row.items() if c not in named and isinstance(v, (int, float))
             and not isinstance(v, bool)}
 
 
@@ -307,8 +323,8 @@ def compare_table(kind: str, rows_a: list[dict], rows_b: list[dict]) -> tuple[li
             if va is None or vb is None:
                 continue
             diff = vb - va
-            if kind in TIMED_KINDS:
-                if column not in TIMED_COLUMNS:
+            if kind in TIMED_KINDS or _timed(column):
+                if kind in TIMED_KINDS and column not in TIMED_COLUMNS:
                     continue
                 flag = _speed_flag(a, b) if kind == "speed" and column == "mean_ms" else ""
                 shown = f"{100 * diff / va:+.1f} %" if va else _fmt(diff)
@@ -328,12 +344,16 @@ def compare_table(kind: str, rows_a: list[dict], rows_b: list[dict]) -> tuple[li
     return out, flagged
 
 
+#: names listed per changed part of a fingerprint
+NAMES_SHOWN = 4
+
+
 def fingerprint_changes(a: dict | None, b: dict | None) -> list[str]:
     """What differs between two stage fingerprints: the notebook, the library, parameters,
     packages, upstream stages, inputs and files read, each named."""
     a, b = a or {}, b or {}
     changes = []
-    for part in sorted(set(a) | set(b)):
+    for part in sorted((set(a) | set(b)) - {"key"}):     # the key is the digest of the others
         va, vb = a.get(part), b.get(part)
         if va == vb:
             continue
@@ -341,7 +361,9 @@ def fingerprint_changes(a: dict | None, b: dict | None) -> list[str]:
             names = sorted(k for k in set(va) | set(vb) if va.get(k) != vb.get(k))
             if part == "parameters":
                 names = [f"{k}: {va.get(k, '—')} → {vb.get(k, '—')}" for k in names]
-            changes.append(f"{part} ({', '.join(map(str, names))})")
+            shown = ", ".join(map(str, names[:NAMES_SHOWN]))
+            more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
+            changes.append(f"{part} ({shown}{more})")
         else:
             changes.append(part)
     return changes
@@ -378,8 +400,8 @@ def compare_markdown(a: RunFolder, b: RunFolder) -> tuple[str, int]:
             total += bool(flag)
             stage_rows.append({"stage": stage, "A": status[0], "B": status[1],
                                "fingerprint": "; ".join(changes) if changes else "same",
-                               "A git": ((ra or {}).get("git_commit") or "")[:10],
-                               "B git": ((rb or {}).get("git_commit") or "")[:10], "flag": flag})
+                               "A git": (ra or {}).get("git_commit") or "",
+                               "B git": (rb or {}).get("git_commit") or "", "flag": flag})
         body += [markdown_table(stage_rows), ""]
         for section in spec.sections:
             rows_a = (((recs_a.get(section.stage) or {}).get("tables")) or {}).get(section.table) or []

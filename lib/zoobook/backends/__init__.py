@@ -28,7 +28,9 @@ class BackendInfo:
     only where its accelerator answers. ``compiler``: the tool its compile step is (a model
     may have to rewrite its graph for one, as RetinaMask's port does for ATC). ``runs_onnx``:
     it can also open an exported ONNX file that was not compiled. ``options``: notebook
-    parameter -> constructor option, for the parameters this backend takes.
+    parameter -> constructor option, for the parameters this backend takes. ``emulates``: it
+    rewrites the exported graph to mimic a device's arithmetic on the CPU (the fp16 emulation),
+    so the per-operator locator can run it itself.
     ``cls``: "module:Class", imported on first use.
     """
 
@@ -43,6 +45,7 @@ class BackendInfo:
     compiler: str | None = None
     runs_onnx: bool = False
     options: tuple[tuple[str, str], ...] = ()
+    emulates: bool = False
 
     def load(self) -> type[Backend]:
         module, _, attr = self.cls.partition(":")
@@ -56,7 +59,7 @@ REGISTRY: dict[str, BackendInfo] = {info.name: info for info in (
                 static_batch=False, precision="fp32", device_time=False, compiler="onnxruntime", runs_onnx=True,
                 options=(("ort_optimization", "compile_optimization"), ("threads", "threads"))),
     BackendInfo("onnxruntime-fp16", "zoobook.backends.fp16:Fp16EmulationBackend", compiles=True, static_batch=False,
-                precision="fp16", device_time=False, compiler="onnxruntime", runs_onnx=False,
+                precision="fp16", device_time=False, compiler="onnxruntime", runs_onnx=False, emulates=True,
                 options=(("precision_mode", "precision_mode"), ("keep_dtype", "keep_dtype"), ("threads", "threads"))),
     BackendInfo("ascend", "zoobook.backends.ascend:AscendBackend", compiles=True, static_batch=True,
                 precision="fp16", device_time=True, needs_device=True, compiler="atc",
@@ -66,6 +69,8 @@ REGISTRY: dict[str, BackendInfo] = {info.name: info for info in (
 BACKENDS = tuple(REGISTRY)  # the names, in the order the CLI offers them
 EMBEDDED_DEFAULT = "onnxruntime"  # what ``auto`` means where no accelerator answers
 REFERENCE = next(info.name for info in REGISTRY.values() if info.reference)
+#: the candidate that emulates an accelerator's fp16 storage on the CPU (03-convert checks it beside the backend)
+FP16_EMULATION = next(info.name for info in REGISTRY.values() if info.emulates)
 
 
 def with_reference(backend: str, reference: bool = True) -> list[str]:
@@ -110,7 +115,7 @@ def get_backend(name: str = "auto", **options) -> Backend:
     return backend(**options)
 
 
-__all__ = ["BACKENDS", "EMBEDDED_DEFAULT", "REFERENCE", "REGISTRY", "Backend", "BackendInfo", "Session",
+__all__ = ["BACKENDS", "EMBEDDED_DEFAULT", "FP16_EMULATION", "REFERENCE", "REGISTRY", "Backend", "BackendInfo", "Session",
            "backend_options", "benchmark_candidates", "capabilities", "get_backend", "resolve", "with_reference"]
 
 

@@ -89,6 +89,10 @@ SECTION_KINDS: dict[str, SectionKind] = {
     "pipeline": SectionKind(("loop", "mean_ms"), ("backend", "loop", "calls", "mean_ms", "throughput", "bound_fps",
                                                   "speedup", "same_outputs", "threads"), digits=2),
     "published": SectionKind(("value",), digits=4),
+    "locate": SectionKind(("node", "cosine", "passed"), ("index", "node", "op_type", "cosine", "max_abs", "max_rel",
+                                                       "nonfinite", "passed", "first"), digits=6),
+    "rounds": SectionKind(("keep_dtype", "failing"), ("keep_dtype", "operators", "failing", "first_divergence",
+                                                       "lowest_cosine"), digits=6),
 }
 
 

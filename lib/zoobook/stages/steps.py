@@ -156,6 +156,82 @@ def convert(run: Run, backend: str = "auto", *, batch_sizes: list[int] | None = 
     return {**record, "parity": parity}
 
 
+#: the locator's chunks: at most this many tensors, and this many bytes of them, per dump run
+LOCATE_CHUNK, LOCATE_BYTES = 256, 1 << 30
+
+
+def locate(run: Run, candidate: str = "onnxruntime-fp16", *, graph: str | None = None, batch_size: int = 1,
+           backend_options: dict | None = None, dump: str | Path | None = None, suggest: int = 3,
+           chunk: int = LOCATE_CHUNK, max_bytes: int = LOCATE_BYTES) -> dict:
+    """Per-operator divergence of ``candidate`` from the exported graph under plain fp32 ONNX
+    Runtime, on the first batch of the run's data (:func:`zoobook.locate.locate`): one row per
+    float tensor an operator produces, in graph order, with the first that fails.
+
+    For the fp16 emulation the candidate is the same graph emulated with the backend's options
+    (``precision_mode``, ``keep_dtype``). With ``suggest``, the operator type of the first
+    divergence is then kept in fp32 and the graph located again, up to ``suggest`` times or until
+    no operator fails: ``suggested_keep_dtype`` is the list that recovers, as ATC's
+    ``--keep_dtype`` would take it (empty where nothing fails; the last list tried where
+    ``suggest`` rounds did not recover). For Ascend, ``dump`` names the operator dump of the
+    compiled model on the same batch (:func:`zoobook.locate.acl_dump_config`), read with
+    :func:`zoobook.locate.read_ascend_dump`."""
+    import functools
+
+    from zoobook import locate as locator
+    from zoobook.backends.fp16 import emulate_fp16
+
+    info = capabilities(candidate)
+    graph = run.graph_name(graph)
+    source = run.onnx(graph, batch_size)
+    feeds = run.port.feeds(run, graph, batch_size)
+    options = {**run.port.backend_defaults.get(info.name, {}), **(backend_options or {})}
+    order = locator.float_tensors(source)
+    size = {"chunk": chunk, "max_bytes": max_bytes}
+    rounds = []
+    if dump is not None:
+        reference = locator.dump_onnx(source, feeds, order, **size)
+        rows = locator.locate(reference, locator.ascend_tensors(source, locator.read_ascend_dump(dump)), order)
+        rounds.append({"keep_dtype": [], "rows": rows})
+    elif info.emulates:
+        keep = options.get("keep_dtype") or []
+        keep = [k.strip() for k in (keep.split(",") if isinstance(keep, str) else keep) if k.strip()]
+        mode = options.get("precision_mode") or "force_fp16"
+        for _ in range(1 + max(suggest, 0)):
+            transform = functools.partial(emulate_fp16, precision_mode=mode, keep_dtype=keep)
+            rows = locator.locate_onnx(source, feeds, transform=transform, **size)
+            rounds.append({"keep_dtype": list(keep), "rows": rows})
+            first = locator.first_divergence(rows)
+            if first is None or len(rounds) > suggest or first["op_type"] in keep:
+                break
+            keep.append(first["op_type"])
+    else:
+        raise ValueError(f"locate compares {info.name} only through an operator dump: give dump=FOLDER "
+                         "(zoobook.locate.acl_dump_config tells the device to write one)")
+    rows = rounds[0]["rows"]
+    recovered = locator.first_divergence(rounds[-1]["rows"]) is None
+    return {"candidate": info.name, "graph": graph, "batch_size": batch_size, "options": options,
+            "rows": rows, "first": locator.first_divergence(rows),
+            "rounds": [{"keep_dtype": r["keep_dtype"], "operators": len(r["rows"]),
+                        "failing": sum(not row["passed"] for row in r["rows"]),
+                        "first_divergence": (locator.first_divergence(r["rows"]) or {}).get("node"),
+                        "lowest_cosine": min((row["cosine"] for row in r["rows"]), default=None)}
+                       for r in rounds],
+            "suggested_keep_dtype": rounds[-1]["keep_dtype"] if recovered else None,
+            "recovered": recovered}
+
+
+def locate_rows(result: dict, worst: int = 10) -> list[dict]:
+    """The record's view of :func:`locate`: the first divergence and the ``worst`` operators by
+    cosine, in graph order (the full table is saved beside the record)."""
+    rows = result["rows"]
+    keep = sorted(rows, key=lambda r: (r["cosine"] if r["cosine"] == r["cosine"] else -1.0))[:worst]
+    if result["first"] is not None and result["first"] not in keep:
+        keep.append(result["first"])
+    return [{"index": r["index"], "node": r["node"], "op_type": r["op_type"], "cosine": r["cosine"],
+             "max_abs": r["max_abs"], "max_rel": r["max_rel"], "nonfinite": r["nonfinite"], "passed": r["passed"],
+             "first": r is result["first"]} for r in sorted(keep, key=lambda r: r["index"])]
+
+
 def _run_graph(backend: str | None, artifact: str | Path, feeds: dict, port, options: dict | None = None, *,
                isolated: bool = False) -> dict[str, np.ndarray]:
     """One run of ``artifact`` on ``feeds``: plain ONNX Runtime without optimisation for

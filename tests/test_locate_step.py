@@ -1,0 +1,72 @@
+"""03-convert's locator step and ``zoobook locate`` on a tiny graph with a planted fp16 overflow:
+the first divergence is the operator that overflows, and keeping its type in fp32 recovers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from zoobook.cli import main
+from zoobook.stages import steps
+
+
+def _graph(path: Path) -> Path:
+    """x -> Mul(x, 3000) -> Mul(., 1e-3) -> Relu -> y: with x at 30 the first product (90000)
+    overflows fp16 (largest 65504) and everything after it is inf; kept in fp32, both products
+    are exact enough and the Relu sees 90."""
+    nodes = [helper.make_node("Mul", ["x", "big"], ["scaled"], name="scale_up"),
+             helper.make_node("Mul", ["scaled", "small"], ["down"], name="scale_down"),
+             helper.make_node("Relu", ["down"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "overflow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(np.array(3000, np.float32), "big"),
+                               numpy_helper.from_array(np.array(1e-3, np.float32), "small")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def _run(tmp_path: Path):
+    source = _graph(tmp_path / "tiny.onnx")
+    feeds = {"x": np.array([[10.0, 20.0, 30.0, 1.0]], np.float32)}
+    port = SimpleNamespace(feeds=lambda run, graph, bs: feeds, backend_defaults={})
+    return SimpleNamespace(port=port, spec=SimpleNamespace(title="Tiny"), graph_name=lambda g: g or "tiny",
+                           onnx=lambda graph, bs: source, path=lambda rel: tmp_path / "artifacts" / rel)
+
+
+def test_locate_finds_the_overflow_and_suggests_keeping_its_type_in_fp32(tmp_path):
+    result = steps.locate(_run(tmp_path), "onnxruntime-fp16")
+    assert result["first"]["node"] == "scale_up" and result["first"]["nonfinite"] == 1
+    assert [r["node"] for r in result["rows"] if not r["passed"]] == ["scale_up", "scale_down", "relu"]
+    assert result["suggested_keep_dtype"] == ["Mul"] and result["recovered"]
+    assert [(r["keep_dtype"], r["failing"]) for r in result["rounds"]] == [([], 3), (["Mul"], 0)]
+    shown = steps.locate_rows(result)
+    assert [r["node"] for r in shown if r["first"]] == ["scale_up"]
+
+
+def test_locate_without_rounds_suggests_nothing_and_starts_from_keep_dtype(tmp_path):
+    result = steps.locate(_run(tmp_path), "onnxruntime-fp16", suggest=0)
+    assert result["suggested_keep_dtype"] is None and len(result["rounds"]) == 1
+    kept = steps.locate(_run(tmp_path), "onnxruntime-fp16", backend_options={"keep_dtype": "Mul"})
+    assert kept["first"] is None and kept["suggested_keep_dtype"] == ["Mul"]
+
+
+def test_locate_needs_a_dump_for_a_device(tmp_path):
+    with pytest.raises(ValueError, match="only through an operator dump"):
+        steps.locate(_run(tmp_path), "onnxruntime")
+
+
+def test_cli_locate_writes_the_table_and_plot(tmp_path, monkeypatch, capsys):
+    import zoobook.models
+
+    monkeypatch.setattr(zoobook.models, "open_run", lambda model, profile: _run(tmp_path))
+    assert main(["locate", "semask", "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    assert "first divergence at #0 scale_up (Mul)" in text and "keep_dtype with the operators of type Mul" in text
+    table = (tmp_path / "out" / "onnxruntime-fp16_tiny_bs1.csv").read_text().splitlines()
+    assert table[0].startswith("index,node,op_type") and len(table) == 4
+    assert (tmp_path / "out" / "onnxruntime-fp16_tiny_bs1.png").stat().st_size > 1000
