@@ -20,22 +20,13 @@ from zoobook.backends.fp16 import (
     emulation_report,
 )
 
-F32 = np.float32
+from .onnx_graphs import F32, make_model
 
 
 def r16(a) -> np.ndarray:
     """numpy's fp16 rounding of an fp32 value, back in fp32."""
     with np.errstate(over="ignore"):
         return np.asarray(a, F32).astype(np.float16).astype(F32)
-
-
-def make_model(nodes, inputs, outputs, initializers=()):
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-                              initializer=[numpy_helper.from_array(np.asarray(v, F32), n) for n, v in initializers])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    return model
 
 
 def run(model, feeds, outputs=None):

@@ -9,25 +9,14 @@ import json
 import struct
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from zoobook import locate as loc
 from zoobook.backends.fp16 import emulate_fp16
 
-F32 = np.float32
-
-
-def make_model(nodes, inputs, outputs, initializers=()):
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-                              initializer=[numpy_helper.from_array(np.asarray(v, F32), n) for n, v in initializers])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    return model
-
+from .onnx_graphs import F32, make_model
 
 NAMES = ["mm", "bias", "act", "scale", "mm2", "out"]
 

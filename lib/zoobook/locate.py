@@ -72,6 +72,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zoobook.backends.fp16 import tensor_types
 from zoobook.compare import THRESHOLDS, compare_tensors
 
 # ---------------------------------------------------------------------------------------------
@@ -124,21 +125,6 @@ def topological_nodes(graph) -> list:
     its inputs: ONNX's own order where it already is one, else a stable topological sort."""
     nodes = list(graph.node)
     return [nodes[k] for k in _topological_indices(nodes)]
-
-
-def _tensor_types(model) -> dict[str, int]:
-    import onnx
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - fall back to what the graph declares
-        inferred = model
-    types: dict[str, int] = {}
-    for graph in (model.graph, inferred.graph):
-        for info in (*graph.value_info, *graph.input, *graph.output):
-            if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
-                types.setdefault(info.name, info.type.tensor_type.elem_type)
-    return types
 
 
 def tensor_bytes(model) -> dict[str, int]:
@@ -195,7 +181,7 @@ def float_tensors(model) -> list[tuple[str, str, str]]:
         del model_sorted.graph.node[:]
         model_sorted.graph.node.extend(nodes[k] for k in order)
         model, nodes = model_sorted, list(model_sorted.graph.node)
-    types = _tensor_types(model)
+    types = tensor_types(model)
     return [(name, node.name or node.output[0], node.op_type)
             for node in nodes for name in node.output if name and types.get(name) in floats]
 

@@ -91,7 +91,7 @@ def check_mode(precision_mode: str) -> str:
     return precision_mode
 
 
-def _float_types(model) -> dict[str, int]:
+def tensor_types(model) -> dict[str, int]:
     """Element type of every top-level tensor whose type is known (declared or inferred)."""
     import onnx
 
@@ -152,7 +152,7 @@ def emulate_fp16(model, *, precision_mode: str = "force_fp16", keep_dtype: Itera
     if precision_mode == "allow_mix_precision":
         keep |= MIXED_FP32_OPS
 
-    types = _float_types(model)
+    types = tensor_types(model)
     nodes = list(graph.node)  # one wrapper per node, so that id() names it throughout
     initializers = {init.name: init for init in graph.initializer}
     taken = {name for node in nodes for name in (*node.input, *node.output)} | set(initializers) \
