@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     locate.add_argument("model", choices=MODELS)
     locate.add_argument("--profile", default="default", choices=PROFILES)
     locate.add_argument("--candidate", default="onnxruntime-fp16", choices=BACKENDS)
-    locate.add_argument("--graph", help="which exported graph (required where the model exports several, as SiamMask does)")
+    locate.add_argument("--graph", help="which exported graph (required where the model exports several, as "
+                                         "SiamMask does)")
     locate.add_argument("--batch-size", type=int, default=1)
     locate.add_argument("--precision-mode", help="the fp16 emulation's mode (force_fp16, allow_mix_precision, ...)")
     locate.add_argument("--keep-dtype", help="operator types or node names kept in fp32, comma-separated")
