@@ -135,3 +135,8 @@ def test_the_matrix_has_a_row_for_each_model_and_its_screenshot_is_kept(book, pa
     assert rows, "the matrix page has no table rows"
     missing = [get_spec(m).title for m in MODELS if not any(_squash(get_spec(m).title) in row for row in rows)]
     assert not missing, f"no row of the matrix names {missing}; its rows: {rows}"
+    widths = page.evaluate("(() => { const t = document.querySelector('div.zoobook-matrix table');"
+                           " return t && [t.scrollWidth, t.clientWidth]; })()")
+    assert widths, "the matrix table is not in its full-width block (div.zoobook-matrix)"
+    assert widths[0] <= widths[1] + 1, \
+        f"the matrix is wider than its box in a 1600-px window ({widths[0]} > {widths[1]} px): it scrolls sideways"

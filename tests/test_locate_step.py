@@ -70,3 +70,50 @@ def test_cli_locate_writes_the_table_and_plot(tmp_path, monkeypatch, capsys):
     table = (tmp_path / "out" / "onnxruntime-fp16_tiny_bs1.csv").read_text().splitlines()
     assert table[0].startswith("index,node,op_type") and len(table) == 4
     assert (tmp_path / "out" / "onnxruntime-fp16_tiny_bs1.png").stat().st_size > 1000
+
+
+def _cancelling_graph(path: Path) -> Path:
+    """x -> Add(x, 60000) -> Sub(., 60000) -> Relu -> y. In fp16 the sum is stored in steps of 32
+    (an error of 2e-4, which passes) and the difference loses x (which fails). Keeping Sub in fp32
+    does not help: it still reads the rounded sum; keeping Add, its producer, too does."""
+    nodes = [helper.make_node("Add", ["x", "offset"], ["shifted"], name="shift"),
+             helper.make_node("Sub", ["shifted", "offset"], ["back"], name="cancel"),
+             helper.make_node("Relu", ["back"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "cancel", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(np.array(60000, np.float32), "offset")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_where_a_kept_operator_still_fails_the_next_round_keeps_its_producers(tmp_path):
+    run = _run(tmp_path)
+    source = _cancelling_graph(tmp_path / "cancel.onnx")
+    run.onnx = lambda graph, bs: source
+    result = steps.locate(run, "onnxruntime-fp16")
+    assert result["first"]["node"] == "cancel"
+    assert [(r["keep_dtype"], r["first_divergence"]) for r in result["rounds"]] == \
+        [([], "cancel"), (["Sub"], "cancel"), (["Sub", "Add"], None)]
+    assert result["suggested_keep_dtype"] == ["Sub", "Add"] and result["recovered"]
+
+
+def test_located_metrics_and_tables_name_the_graph_where_there_are_several(tmp_path):
+    one = steps.locate(_run(tmp_path), "onnxruntime-fp16")
+    two = {**one, "graph": "other", "first": None, "suggested_keep_dtype": [], "recovered": True}
+    assert steps.located_metrics([one]) == {"located": ["tiny"], "first_divergence": "scale_up",
+                                            "suggested_keep_dtype": ["Mul"]}
+    metrics = steps.located_metrics([one, two])
+    assert metrics["first_divergence"] == "tiny: scale_up" and metrics["suggested_keep_dtype"] == ["Mul"]
+    assert steps.located_metrics([{**one, "recovered": False}])["suggested_keep_dtype"] is None
+    tables = steps.located_tables([one, two])
+    assert {r["graph"] for r in tables["locate"]} == {"tiny", "other"}
+    assert [r["graph"] for r in tables["locate_rounds"]] == ["tiny", "tiny", "other", "other"]
+    assert "graph" not in steps.located_tables([one])["locate"][0]
+
+
+def test_failing_graphs_reads_the_graph_column_of_the_parity_rows():
+    rows = [{"graph": "template", "passed": True}, {"graph": "search, batch 1", "passed": False},
+            {"graph": "mask", "passed": False}]
+    assert steps.failing_graphs(rows, ["template", "search", "mask", "refine"]) == ["search", "mask"]
+    assert steps.failing_graphs([{"output": "y", "passed": False}], ["only"]) == ["only"]
+    assert steps.failing_graphs([{"output": "y", "passed": True}], ["only"]) == []

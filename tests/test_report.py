@@ -152,6 +152,25 @@ def test_matrix_has_a_row_for_the_fp16_emulation_where_03_convert_checked_it(tmp
     assert fp16["convert parity"] == "**FAIL**" and fp16["agreement"] == "—" and rows[1]["convert parity"] == "pass"
 
 
+def test_matrix_shows_the_fp16_emulations_agreement_and_task_metric_from_05_evaluate(tmp_path):
+    records = _semask_run()
+    records[2]["tables"]["parity_fp16"] = [{"output": "output", "agreement": 0.999, "passed": True}]
+    records[2]["metrics"]["fp16_parity_passed"] = True
+    evaluate = next(r for r in records if r["stage"] == "05-evaluate")
+    evaluate["tables"]["agreement_fp16"] = [
+        {"measure": "pixels where onnxruntime-fp16 and torch give the same class", "value": 0.995, "passed": True},
+        {"measure": "mIoU difference (points)", "value": 0.9, "passed": False}]
+    measured = next(r for r in evaluate["tables"]["accuracy"] if r.get("candidate") == "onnxruntime")
+    evaluate["tables"]["accuracy"].append({**measured, "candidate": "onnxruntime-fp16", "mIoU": 12.5})
+    rows = [r for r in matrix_rows(RunFolder.open(_write_run(tmp_path / "t", records)))
+            if r["model"] == get_spec("semask").title]
+    fp16 = next(r for r in rows if r["candidate"] == "onnxruntime-fp16")
+    assert fp16["convert parity"] == "pass"
+    assert fp16["agreement"] == "**FAIL** (1/2: mIoU difference (points))"
+    assert fp16["task metric"].startswith("mIoU 12.5")
+    assert next(r for r in rows if r["candidate"] == "onnxruntime")["agreement"] != fp16["agreement"]
+
+
 def test_compare_keys_rows_by_names_not_by_measured_columns_and_shows_rates_unjudged():
     host_a = [{"threads": 1, "graph": 471.7, "host_ms": 10.0}, {"threads": 2, "graph": 480.2, "host_ms": 9.0}]
     host_b = [{"threads": 1, "graph": 471.1, "host_ms": 10.5}, {"threads": 2, "graph": 465.8, "host_ms": 9.1}]

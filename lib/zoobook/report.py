@@ -183,8 +183,10 @@ def matrix_rows(run: RunFolder, states: dict[str, list] | None = None) -> list[d
                 row["convert parity"] = (_verdict_word(metrics.get("parity_passed")) if convert.get("backend") == candidate
                                          else _verdict_word(metrics.get("fp16_parity_passed"))
                                          if candidate == FP16_EMULATION else "—")
-                row["agreement"] = (_agreement_cell((evaluate.get("tables") or {}).get("agreement"))
-                                    if evaluate.get("backend") == candidate else "—")
+                tables = evaluate.get("tables") or {}
+                row["agreement"] = (_agreement_cell(tables.get("agreement")) if evaluate.get("backend") == candidate
+                                    else _agreement_cell(tables.get("agreement_fp16"))
+                                    if candidate == FP16_EMULATION and tables.get("agreement_fp16") else "—")
             row["task metric"] = _task_cell(spec, accuracy, candidate)
             row["end to end"] = _speed_cell(bench, candidate)
             row["weights / data"] = _provenance_cell(records)
@@ -212,7 +214,10 @@ def matrix_markdown(profile: str) -> str:
              "book; *bound*: the rate this host would allow beside the published device time, and which of the two "
              "limits it.", ""]
     rows = matrix_rows(run, states)
-    lines += [markdown_table(rows), ""] if run.records else [f"No stage has run in the `{profile}` profile.", ""]
+    # full-width: the theme's class that lets a block reach into the right margin (136 % of the
+    # column); zoobook-matrix: a smaller type (book/_static/zoobook.css), so that the 15 columns fit
+    lines += [":::{div} full-width zoobook-matrix", markdown_table(rows), ":::", ""] if run.records else \
+        [f"No stage has run in the `{profile}` profile.", ""]
     machines = sorted({(r.get("machine") or {}).get("host_cpu") or "" for recs in run.records.values()
                        for r in recs.values()} - {""})
     if machines:

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from zoobook.backends import FP16_EMULATION
 from zoobook.compare import Tolerance, compare_with
 from zoobook.stages.spec import ModelSpec, StageIO
 
@@ -173,17 +174,22 @@ class Port:
         data = (self.manifest_file, *self.data_files)
         onnx = ("export.json", *self.onnx_files)
         compiled = ("compiled/{backend}.json", "compiled/{backend}/*")
+        emulated = (f"compiled/{FP16_EMULATION}.json", f"compiled/{FP16_EMULATION}/*")  # 03-convert's fp16 candidate
         outputs = (self.output_files,)
+        emulated_outputs = (self.output_files.replace("{backend}", FP16_EMULATION),)  # 04-infer's fp16 candidate
         dataset = (f"data/{self.dataset_dir}",) if self.dataset_dir else ()
         weights = (f"data/weights/{self.weights_file}",) if self.weights_file else ()
         io = {
             "01-data": StageIO("01-data", writes=data, inputs=dataset),
             "02-export": StageIO("02-export", ("01-data",), reads=data, writes=onnx, inputs=weights),
-            "03-convert": StageIO("03-convert", ("01-data", "02-export"), reads=(*data, *onnx), writes=compiled),
-            "04-infer": StageIO("04-infer", ("01-data", "02-export", "03-convert"), reads=(*data, *onnx, *compiled),
-                                writes=outputs, resumable=True),
+            "03-convert": StageIO("03-convert", ("01-data", "02-export"), reads=(*data, *onnx),
+                                  writes=tuple(dict.fromkeys((*compiled, *emulated)))),
+            "04-infer": StageIO("04-infer", ("01-data", "02-export", "03-convert"),
+                                reads=tuple(dict.fromkeys((*data, *onnx, *compiled, *emulated))),
+                                writes=tuple(dict.fromkeys((*outputs, *emulated_outputs))), resumable=True),
             "05-evaluate": StageIO("05-evaluate", ("01-data", "02-export", "04-infer"),
-                                   reads=(*data, *onnx, *outputs), writes=self.evaluate_files, inputs=dataset),
+                                   reads=tuple(dict.fromkeys((*data, *onnx, *outputs, *emulated_outputs))),
+                                   writes=self.evaluate_files, inputs=dataset),
             "06-benchmark": StageIO("06-benchmark", ("01-data", "02-export", "03-convert"),
                                     reads=(*data, *onnx, *compiled)),
         }

@@ -89,9 +89,9 @@ SECTION_KINDS: dict[str, SectionKind] = {
     "pipeline": SectionKind(("loop", "mean_ms"), ("backend", "loop", "calls", "mean_ms", "throughput", "bound_fps",
                                                   "speedup", "same_outputs", "threads"), digits=2),
     "published": SectionKind(("value",), digits=4),
-    "locate": SectionKind(("node", "cosine", "passed"), ("index", "node", "op_type", "cosine", "max_abs", "max_rel",
+    "locate": SectionKind(("node", "cosine", "passed"), ("graph", "index", "node", "op_type", "cosine", "max_abs", "max_rel",
                                                        "nonfinite", "passed", "first"), digits=6),
-    "rounds": SectionKind(("keep_dtype", "failing"), ("keep_dtype", "operators", "failing", "first_divergence",
+    "rounds": SectionKind(("keep_dtype", "failing"), ("graph", "keep_dtype", "operators", "failing", "first_divergence",
                                                        "lowest_cosine"), digits=6),
 }
 
@@ -137,11 +137,19 @@ class Section:
 PARITY_SECTIONS = (
     Section("02-export", "parity", "parity", "Export: ONNX Runtime against PyTorch"),
     Section("03-convert", "parity", "parity", "Convert: compiled model against ONNX"),
+    Section("03-convert", "parity_fp16", "parity", "Convert: the fp16 emulation against ONNX",
+            "onnxruntime-fp16: fp16 storage emulated on the CPU, not an NPU measurement (see Methods)."),
+    Section("03-convert", "locate", "locate", "fp16 emulation, per operator: the first divergence and the lowest cosines",
+            "Where the fp16 parity failed, or when asked (-p locate=true)."),
+    Section("03-convert", "locate_rounds", "rounds", "fp16 emulation: operator types kept in fp32, round by round",
+            "The last list that leaves no operator failing is the suggested ATC --keep_dtype."),
 )
 #: 05-evaluate's task metric beside the published one, and the agreement with the reference
 SCORE_SECTIONS = (
     Section("05-evaluate", "accuracy", "accuracy", "Accuracy: measured and published"),
     Section("05-evaluate", "agreement", "agreement", "Agreement with the PyTorch reference"),
+    Section("05-evaluate", "agreement_fp16", "agreement", "Agreement of the fp16 emulation with the PyTorch reference",
+            "Judged against the model's fp16 limits (see Methods); a CPU emulation, not an NPU measurement."),
 )
 #: the porting guide's speed figures, as 06-benchmark records them beside its own
 PUBLISHED_SPEED = Section("06-benchmark", "published", "published", "Published speed (not measured here)", digits=2)

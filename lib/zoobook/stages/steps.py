@@ -171,8 +171,10 @@ def locate(run: Run, candidate: str = "onnxruntime-fp16", *, graph: str | None =
     (``precision_mode``, ``keep_dtype``). With ``suggest``, the operator type of the first
     divergence is then kept in fp32 and the graph located again, up to ``suggest`` times or until
     no operator fails: ``suggested_keep_dtype`` is the list that recovers, as ATC's
-    ``--keep_dtype`` would take it (empty where nothing fails; the last list tried where
-    ``suggest`` rounds did not recover). For Ascend, ``dump`` names the operator dump of the
+    ``--keep_dtype`` would take it (empty where nothing fails; None where ``suggest`` rounds did
+    not recover: ``rounds`` shows what each list left failing). Where the first divergence is of
+    a type already kept, it fails on inputs that arrive rounded: the next round also keeps the
+    types of the operators that produce them. For Ascend, ``dump`` names the operator dump of the
     compiled model on the same batch (:func:`zoobook.locate.acl_dump_config`), read with
     :func:`zoobook.locate.read_ascend_dump`."""
     import functools
@@ -196,14 +198,18 @@ def locate(run: Run, candidate: str = "onnxruntime-fp16", *, graph: str | None =
         keep = options.get("keep_dtype") or []
         keep = [k.strip() for k in (keep.split(",") if isinstance(keep, str) else keep) if k.strip()]
         mode = options.get("precision_mode") or "force_fp16"
+        producers = _producer_types(source)
         for _ in range(1 + max(suggest, 0)):
             transform = functools.partial(emulate_fp16, precision_mode=mode, keep_dtype=keep)
             rows = locator.locate_onnx(source, feeds, transform=transform, **size)
             rounds.append({"keep_dtype": list(keep), "rows": rows})
             first = locator.first_divergence(rows)
-            if first is None or len(rounds) > suggest or first["op_type"] in keep:
+            if first is None or len(rounds) > suggest:
                 break
-            keep.append(first["op_type"])
+            more = _types_to_keep(first, keep, producers)
+            if not more:
+                break
+            keep += more
     else:
         raise ValueError(f"locate compares {info.name} only through an operator dump: give dump=FOLDER "
                          "(zoobook.locate.acl_dump_config tells the device to write one)")
@@ -220,9 +226,73 @@ def locate(run: Run, candidate: str = "onnxruntime-fp16", *, graph: str | None =
             "recovered": recovered}
 
 
+def _producer_types(source) -> dict[str, list[str]]:
+    """{node name: the op types of the nodes that produce its inputs} of an ONNX graph (nodes
+    named as :func:`zoobook.locate.float_tensors` names them)."""
+    import onnx
+
+    nodes = onnx.load(str(source), load_external_data=False).graph.node
+    made_by = {out: node.op_type for node in nodes for out in node.output if out}
+    return {node.name or node.output[0]: list(dict.fromkeys(made_by[i] for i in node.input if i in made_by))
+            for node in nodes}
+
+
+def _types_to_keep(first: dict, keep: list[str], producers: dict[str, list[str]]) -> list[str]:
+    """The operator types the next round of :func:`locate` keeps in fp32 besides ``keep``: the
+    first divergence's type, or where it is kept already (it fails on rounded inputs) the types
+    of the operators that feed it; nothing new where those are kept too."""
+    if first["op_type"] not in keep and first["node"] not in keep:
+        return [first["op_type"]]
+    return [t for t in producers.get(first["node"], []) if t not in keep]
+
+
+def failing_graphs(parity: list[dict], graphs: list[str]) -> list[str]:
+    """The graphs among ``graphs`` (a model's exported graphs, in order) with a parity row of
+    :func:`convert` that failed. Rows name their graph only where a model has several."""
+    failed = [row for row in parity if not row["passed"]]
+    if len(graphs) == 1:
+        return list(graphs) if failed else []
+    return [g for g in graphs if any(row.get("graph", "").split(",")[0] == g for row in failed)]
+
+
+def locate_graphs(run: Run, candidate: str = "onnxruntime-fp16", *, graphs: list[str] | None = None,
+                  **options) -> list[dict]:
+    """:func:`locate` on each of ``graphs`` (None: every exported graph), in the export's order."""
+    names = list(run.exported["graphs"]) if graphs is None else [run.graph_name(g) for g in graphs]
+    return [locate(run, candidate, graph=g, **options)
+            for g in tqdm(names, desc=f"locate {candidate}", disable=len(names) < 2)]
+
+
+def located_metrics(results: list[dict]) -> dict:
+    """The record's metrics of :func:`locate_graphs`: ``first_divergence`` (the first failing
+    operator, ``graph: node`` where several graphs were located; None where none fails),
+    ``suggested_keep_dtype`` (the operator types to keep in fp32 so that every located graph holds,
+    the union of each graph's list; None where a graph did not recover), ``located`` (the graphs)."""
+    several = len(results) > 1
+    firsts = [(r["graph"], r["first"]["node"]) for r in results if r["first"] is not None]
+    suggested = None
+    if all(r["recovered"] for r in results):
+        suggested = sorted({t for r in results for t in r["suggested_keep_dtype"]})
+    return {"located": [r["graph"] for r in results],
+            "first_divergence": (f"{firsts[0][0]}: {firsts[0][1]}" if several else firsts[0][1]) if firsts else None,
+            "suggested_keep_dtype": suggested}
+
+
+def located_tables(results: list[dict], worst: int = 10) -> dict[str, list[dict]]:
+    """The record's tables of :func:`locate_graphs`: ``locate`` (:func:`locate_rows` of each graph)
+    and ``locate_rounds`` (each keep list tried), with a ``graph`` column where there are several."""
+    several = len(results) > 1
+
+    def named(r: dict, row: dict) -> dict:
+        return {"graph": r["graph"], **row} if several else row
+
+    return {"locate": [named(r, row) for r in results for row in locate_rows(r, worst)],
+            "locate_rounds": [named(r, row) for r in results for row in r["rounds"]]}
+
+
 def locate_rows(result: dict, worst: int = 10) -> list[dict]:
     """The record's view of :func:`locate`: the first divergence and the ``worst`` operators by
-    cosine, in graph order (the full table is saved beside the record)."""
+    cosine, in graph order."""
     rows = result["rows"]
     keep = sorted(rows, key=lambda r: (r["cosine"] if r["cosine"] == r["cosine"] else -1.0))[:worst]
     if result["first"] is not None and result["first"] not in keep:
@@ -352,6 +422,23 @@ def evaluate(run: Run, backend: str, *, reference: bool = True, **params) -> dic
     """Score ``backend`` (and the PyTorch reference on the same data where ``reference``)
     with the model's evaluator, and their agreement (the port's ``score`` hook)."""
     return run.port.score(run, with_reference(capabilities(backend).name, reference), **params)
+
+
+def has_outputs(run: Run, backend: str) -> bool:
+    """Whether 04-infer saved outputs of ``backend`` in this run."""
+    folder = outputs_dir(run, capabilities(backend).name)
+    return folder.is_dir() and any(folder.glob(f"*{run.port.output_suffix}"))
+
+
+def with_measured(accuracy: list[dict], more: list[dict], candidate: str) -> list[dict]:
+    """``accuracy`` (a port's accuracy rows: measured, then published) with ``candidate``'s
+    measured rows from ``more`` (another evaluation's rows) after its own measured rows."""
+    def measured(row: dict) -> bool:
+        return row.get("source") == "measured"
+
+    added = [row for row in more if measured(row) and (row.get("candidate") or row.get("backend")) == candidate]
+    last = max((i for i, row in enumerate(accuracy) if measured(row)), default=-1)
+    return [*accuracy[:last + 1], *added, *accuracy[last + 1:]]
 
 
 def judge_agreement(run: Run, backend: str, rows: list[dict]) -> list[dict]:

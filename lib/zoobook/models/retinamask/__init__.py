@@ -5,7 +5,7 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights), ``preprocess.py``,
 graph) and ``port.py`` (its hooks over the shared stages, :mod:`zoobook.stages`).
 """
 
-from zoobook.metrics.coco import COCO_AGREEMENT_FP32
+from zoobook.metrics.coco import COCO_AGREEMENT_FP32, COCO_AGREEMENT_FP16
 from zoobook.stages.spec import HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
     ModelSpec, Published, Section
 
@@ -52,7 +52,7 @@ SPEC = ModelSpec(
     ),
     sections=SECTIONS,
     task_metrics=("bbox AP", "segm AP"),
-    agreement_limits={"fp32": COCO_AGREEMENT_FP32},
+    agreement_limits={"fp32": COCO_AGREEMENT_FP32, "fp16": COCO_AGREEMENT_FP16},
     device_time=DeviceTime.from_fps(4.3, "Ascend 310P, the port's graph at batch 1: 4.3 FPS, published"),
     profiles={
         "smoke": {"01-data": {"num_images": 2, "input_size": 320}, "02-export": {"top_k": 100},

@@ -40,6 +40,14 @@ PIXEL_AGREEMENT_FP32 = (
     AgreementLimit("the same, worst image", at_least=0.99),
     AgreementLimit("mIoU difference (points)", at_most=0.1, absolute=True),
 )
+#: the fp16 emulation's class maps: fp16 rounding moves logits near a tie between two classes
+#: to the other side; the guide's fp16 .om scored 0.59 mIoU points below the .pth (76.54 against
+#: 77.13). Our limits: 99 % of the pixels the same, no image below 97 %, mIoU within 0.6 points.
+PIXEL_AGREEMENT_FP16 = (
+    AgreementLimit("pixels where", at_least=0.99),
+    AgreementLimit("the same, worst image", at_least=0.97),
+    AgreementLimit("mIoU difference (points)", at_most=0.6, absolute=True),
+)
 
 SPEC = ModelSpec(
     name="semask",
@@ -59,7 +67,7 @@ SPEC = ModelSpec(
     ),
     sections=SECTIONS,
     task_metrics=("mIoU",),
-    agreement_limits={"fp32": PIXEL_AGREEMENT_FP32},
+    agreement_limits={"fp32": PIXEL_AGREEMENT_FP32, "fp16": PIXEL_AGREEMENT_FP16},
     device_time=DeviceTime.from_fps(4.72, "Ascend 310P3, the port's graph at batch 1: 4.72 FPS (ais_bench), published"),
     profiles={
         "smoke": {"01-data": {"num_images": 3, "input_size": [128, 256]}, "02-export": {"batch_sizes": [1, 2]},

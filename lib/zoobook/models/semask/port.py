@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from zoobook.atomic import write_bytes_atomic
-from zoobook.backends import REFERENCE
+from zoobook.backends import FP16_EMULATION, REFERENCE
 from zoobook.checkpoints import weights_label
 from zoobook.compare import Tolerance, class_map_parity
 from zoobook.data.cityscapes import CLASSES, IGNORE, NUM_CLASSES, CityscapesDataset, colorize, find_cityscapes, \
@@ -40,12 +40,14 @@ from zoobook.stages.steps import open_session
 from zoobook.timing import timed
 
 EVALUATION = "evaluation.json"
+#: the fp16 emulation's, scored beside the backend by 05-evaluate
+EMULATED_EVALUATION = f"evaluation-{FP16_EMULATION}.json"
 
 
 class SeMaskPort(Port):
     spec = SPEC
     #: 05-evaluate runs the reference through 04-infer's resumable loop: its class maps too
-    evaluate_files = (EVALUATION, f"outputs/{REFERENCE}/*.png")
+    evaluate_files = (EVALUATION, EMULATED_EVALUATION, f"outputs/{REFERENCE}/*.png")
     output_files = "outputs/{backend}/*.png"
     output_suffix = ".png"
     dataset_dir = "cityscapes"
@@ -184,7 +186,7 @@ class SeMaskPort(Port):
         """Accumulate a confusion matrix over the whole set for the backend's class maps and,
         with the reference, for PyTorch's on the same images (run here through 04-infer's
         resumable path if not saved yet); and the backend's pixel agreement with PyTorch.
-        Writes ``evaluation.json``."""
+        Writes ``evaluation.json`` (the fp16 emulation's: ``evaluation-onnxruntime-fp16.json``)."""
         backend, *reference = candidates
         for name in reference:
             steps.infer(run, name)
@@ -203,7 +205,7 @@ class SeMaskPort(Port):
                       "agreement": agreement.result(),
                       "weights": run.weights, "dataset": manifest["dataset"], "input_size": manifest["input_size"],
                       "images": len(manifest["images"])}
-        run.write_json(EVALUATION, evaluation)
+        run.write_json(EMULATED_EVALUATION if backend == FP16_EMULATION else EVALUATION, evaluation)
         return evaluation
 
     # 06-benchmark

@@ -65,6 +65,17 @@ LOCKSTEP_AGREEMENT_FP32 = (
     AgreementLimit("demo clip, lock-step: mean mask IoU", at_least=0.99),
     AgreementLimit("demo clip, lock-step: lowest mask IoU", at_least=0.9),
 )
+#: the fp16 emulation in lock-step on the demo clip (05-evaluate runs it there; it does not
+#: track the VOT sequences): fp16 rounding (a relative step of about 5e-4 per tensor) flips
+#: near-ties between anchor cells and mask pixels at the threshold more often. The port's .om
+#: lost 0.006 EAO against the .pth (0.427 against 0.433); our limits keep the fp16 tracker as
+#: close: the same cell on 95 % of the frames, centres within 2 px, masks at IoU 0.95 on average.
+LOCKSTEP_AGREEMENT_FP16 = (
+    AgreementLimit("demo clip, lock-step: frames where both chose the same anchor cell", at_least=0.95),
+    AgreementLimit("demo clip, lock-step: largest box-centre difference", at_most=2.0),
+    AgreementLimit("demo clip, lock-step: mean mask IoU", at_least=0.95),
+    AgreementLimit("demo clip, lock-step: lowest mask IoU", at_least=0.8),
+)
 
 SPEC = ModelSpec(
     name="siammask",
@@ -96,7 +107,7 @@ SPEC = ModelSpec(
     ),
     sections=SECTIONS,
     task_metrics=("EAO [108,371]", "EAO [100,356]"),
-    agreement_limits={"fp32": LOCKSTEP_AGREEMENT_FP32},
+    agreement_limits={"fp32": LOCKSTEP_AGREEMENT_FP32, "fp16": LOCKSTEP_AGREEMENT_FP16},
     device_time=DeviceTime.from_fps(1673.94, "Ascend 310P3, the port's mask and refine graphs once each per frame: "
                                     "its published 1673.94 FPS is 1000 / ((mask + refine ms) / 4) (parse.py), so "
                                     "4000 / 1673.94 ms per frame", per_item=4),
@@ -105,7 +116,8 @@ SPEC = ModelSpec(
                   "01-data": {"num_sequences": 1, "num_frames": 30, "demo_frames": 6},
                   "06-benchmark": {"seconds": 0.2, "min_calls": 2, "warmup": 1, "tracker_frames": 3,
                                    "host_items": 3}},
-        "default": {"00-train": {"epochs": 5, "pairs": 48}, "01-data": {"num_sequences": 2, "num_frames": 380}},
+        "default": {"00-train": {"epochs": 5, "pairs": 48}, "01-data": {"num_sequences": 2, "num_frames": 380},
+                    "03-convert": {"locate": True}},
         "full": {"00-train": {"require_real": True}, "01-data": {"num_sequences": 0, "require_real": True},
                  "02-export": {"require_official": True}},
     },

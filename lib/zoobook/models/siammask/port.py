@@ -27,7 +27,7 @@ from tqdm import tqdm
 from zoobook import bench
 from zoobook.bench import Budget
 from zoobook.atomic import write_json_atomic
-from zoobook.backends import REFERENCE, capabilities, with_reference
+from zoobook.backends import FP16_EMULATION, REFERENCE, capabilities, with_reference
 from zoobook.checkpoints import weights_label
 from zoobook.compare import Tolerance
 from zoobook.data import half_present
@@ -208,6 +208,7 @@ class SiamMaskPort(Port):
         data = (self.manifest_file, *self.data_files)
         onnx = ("export.json", *self.onnx_files)
         compiled = ("compiled/{backend}.json", "compiled/{backend}/*")
+        emulated = (f"compiled/{FP16_EMULATION}.json", f"compiled/{FP16_EMULATION}/*")  # 05-evaluate's lock-step
         trained = (train_stage.HANDOFF, "train/*p/*")
         results = ("results/{backend}/*", f"results/{REFERENCE}/*", f"results/{TRAINED}/*",
                    "demo/{backend}.npz", f"demo/{REFERENCE}.npz")
@@ -221,8 +222,9 @@ class SiamMaskPort(Port):
                                 reads=(*data, *onnx, *compiled, *trained), writes=results,
                                 parameters=("reference", "mode", "trained")),
             "05-evaluate": StageIO("05-evaluate", ("00-train", "01-data", "02-export", "03-convert", "04-infer"),
-                                   reads=(*data, *onnx, *compiled, *trained, *results), writes=self.evaluate_files,
-                                   inputs=(f"data/{self.dataset_dir}",), parameters=("reference", "mode", "trained")),
+                                   reads=(*data, *onnx, *compiled, *emulated, *trained, *results),
+                                   writes=self.evaluate_files, inputs=(f"data/{self.dataset_dir}",),
+                                   parameters=("reference", "mode", "trained", "fp16")),
         }
 
 
@@ -294,14 +296,19 @@ def vot_rows(evaluation: dict) -> list[dict]:
     return rows
 
 
-def agreement_rows(evaluation: dict) -> list[dict]:
-    if "agreement" not in evaluation:
-        return []
-    a, d = evaluation["agreement"], evaluation["lockstep"]
+def lockstep_rows(d: dict) -> list[dict]:
+    """:func:`~zoobook.models.siammask.tracking.lockstep`'s result as agreement rows."""
     return [{"measure": "demo clip, lock-step: frames where both chose the same anchor cell", "value": d["same_cell"]},
             {"measure": "demo clip, lock-step: largest box-centre difference (px)", "value": d["max_centre_difference_px"]},
             {"measure": "demo clip, lock-step: mean mask IoU", "value": d["mean_mask_iou"]},
-            {"measure": "demo clip, lock-step: lowest mask IoU", "value": d["min_mask_iou"]},
+            {"measure": "demo clip, lock-step: lowest mask IoU", "value": d["min_mask_iou"]}]
+
+
+def agreement_rows(evaluation: dict) -> list[dict]:
+    if "agreement" not in evaluation:
+        return []
+    a = evaluation["agreement"]
+    return [*lockstep_rows(evaluation["lockstep"]),
             {"measure": "VOT, free-running: frames with the same kind of line (code or region)",
              "value": a["same_kind_of_line"]},
             {"measure": "VOT, free-running: mean overlap of the two regions where both tracked",

@@ -5,7 +5,7 @@ See ``network.py`` (graph), ``checkpoint.py`` (weights), ``preprocess.py``,
 shared stages, :mod:`zoobook.stages`).
 """
 
-from zoobook.metrics.coco import COCO_AGREEMENT_FP32
+from zoobook.metrics.coco import COCO_AGREEMENT_FP32, COCO_AGREEMENT_FP16
 from zoobook.stages.spec import HOST_SECTIONS, PARITY_SECTIONS, PUBLISHED_SPEED, SCORE_SECTIONS, DeviceTime, GraphSpec, \
     ModelSpec, Published, Section
 
@@ -50,14 +50,14 @@ SPEC = ModelSpec(
     ),
     sections=SECTIONS,
     task_metrics=("segm mAP", "bbox mAP"),
-    agreement_limits={"fp32": COCO_AGREEMENT_FP32},
+    agreement_limits={"fp32": COCO_AGREEMENT_FP32, "fp16": COCO_AGREEMENT_FP16},
     device_time=DeviceTime.from_fps(270.35, "Ascend 310P, the cut graph at batch 1: 270.35 FPS (ais_bench --loop 100), "
                                     "published"),
     profiles={
         "smoke": {"01-data": {"num_images": 3}, "03-convert": {"batch_sizes": [1]},
                   "06-benchmark": {"batch_sizes": [1, 2], "seconds": 0.2, "min_calls": 2, "warmup": 1,
                                    "host_items": 2}},
-        "default": {"01-data": {"num_images": 24}},
+        "default": {"01-data": {"num_images": 24}, "03-convert": {"locate": True}},
         "full": {"01-data": {"num_images": 0, "require_real": True}, "02-export": {"require_official": True}},
     },
 )
