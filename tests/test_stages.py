@@ -54,6 +54,27 @@ def test_every_recorded_table_is_a_declared_section_and_keeps_its_contract(model
             spec.section(stage, table).check(rows)
 
 
+def test_the_fp16_emulation_is_checked_in_convert_and_judged_in_evaluate(model, smoke):
+    """03-convert compares the fp16 emulation with the ONNX graph (and locates the graphs that
+    fail), 04-infer runs it (SiamMask: 05-evaluate, in lock-step), 05-evaluate judges it against
+    every fp16 limit of the model. Verdicts depend on the weights; that each was reached is
+    checked here, the emulation's arithmetic in test_fp16 and the locator in test_locate*."""
+    convert = read_record("smoke", model, "03-convert")
+    assert convert["tables"]["parity_fp16"] and isinstance(convert["metrics"]["fp16_parity_passed"], bool)
+    if not convert["metrics"]["fp16_parity_passed"]:
+        assert convert["tables"]["locate"] and convert["tables"]["locate_rounds"], "parity failed: not located"
+        assert "suggested_keep_dtype" in convert["metrics"]
+    evaluate = read_record("smoke", model, "05-evaluate")
+    rows = evaluate["tables"]["agreement_fp16"]
+    for limit in get_spec(model).agreement_limits["fp16"]:
+        judged = [r for r in rows if r["measure"].startswith(limit.measure)]
+        assert judged and all(r["limit"] == limit.text and isinstance(r["passed"], bool) for r in judged), limit
+    if model != "siammask":
+        measured = [r for r in evaluate["tables"]["accuracy"] if r.get("source") == "measured"]
+        assert any((r.get("candidate") or r.get("backend")) == "onnxruntime-fp16" for r in measured)
+        assert read_record("smoke", model, "04-infer")["metrics"]["fp16"]["items"] > 0
+
+
 def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
