@@ -216,7 +216,7 @@ def matrix_markdown(profile: str) -> str:
     rows = matrix_rows(run, states)
     # full-width: the theme's class that lets a block reach into the right margin (136 % of the
     # column); zoobook-matrix: a smaller type (book/_static/zoobook.css), so that the 15 columns fit
-    lines += [":::{div} full-width zoobook-matrix", markdown_table(rows), ":::", ""] if run.records else \
+    lines += [":::{div} zoobook-matrix", markdown_table(rows), ":::", ""] if run.records else \
         [f"No stage has run in the `{profile}` profile.", ""]
     machines = sorted({(r.get("machine") or {}).get("host_cpu") or "" for recs in run.records.values()
                        for r in recs.values()} - {""})
