@@ -114,6 +114,84 @@ def test_chunking_gives_the_same_rows_and_one_session_per_chunk(feeds, monkeypat
     assert [name for name, _ in dumped] == ["h2", "h3", "h4", "h5", "y"] and len(sessions) == 4
 
 
+def branchy():
+    """x -> Split into a, b (one node, two outputs) -> a skip tensor ``a`` read again at the end, an
+    If whose branches read ``b`` from the enclosing graph, and a dead end nobody asks for."""
+    then = helper.make_graph([helper.make_node("Neg", ["b"], ["t"], name="then_neg")], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Abs", ["b"], ["e"], name="else_abs")], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Split", ["x"], ["a", "b"], name="split", axis=1),
+             helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["positive"], name="sign"),
+             helper.make_node("If", ["positive"], ["c"], name="branch", then_branch=then, else_branch=other),
+             helper.make_node("Exp", ["a"], ["d"], name="exp"),
+             helper.make_node("Mul", ["d", "c"], ["m"], name="mul"),
+             helper.make_node("Add", ["m", "a"], ["y"], name="skip"),
+             helper.make_node("Sin", ["y"], ["dead"], name="dead_end")]
+    return make_model(nodes, [("x", [2, 8])], [("y", [2, 4]), ("dead", [2, 4])], [("zero", 0.0)])
+
+
+def test_dump_onnx_runs_each_node_once_in_segments_and_matches_one_full_run(monkeypatch):
+    model = branchy()
+    feeds = {"x": np.random.default_rng(3).standard_normal((2, 8)).astype(F32)}
+    wanted = ["a", "d", "b", "c", "m", "y"]  # Split's outputs fall in different chunks
+    whole = onnx_full_run(model, feeds, wanted)
+    ran = []
+    real = ort.InferenceSession
+
+    def recording(data, *args, **kwargs):
+        import onnx
+
+        ran.extend(node.name for node in onnx.load_from_string(data).graph.node)
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    for chunk in (1, 2, 4, 100):
+        ran.clear()
+        got = list(loc.dump_onnx(model, feeds, wanted, chunk=chunk))
+        assert [name for name, _ in got] == wanted
+        for name, array in got:
+            np.testing.assert_array_equal(array, whole[name], err_msg=f"{name} at chunk={chunk}")
+        assert sorted(ran) == sorted(["split", "sum", "sign", "branch", "exp", "mul", "skip"]), chunk
+
+
+def onnx_full_run(model, feeds, names):
+    """Every one of ``names`` as an output of one run of the whole graph."""
+    import onnx
+
+    full = onnx.ModelProto()
+    full.CopyFrom(model)
+    full.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(full.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return dict(zip(names, session.run(names, feeds)))
+
+
+@pytest.mark.parametrize("block", [7, 1 << 22])
+def test_tensor_row_in_blocks_gives_compare_tensors_figures_over_the_finite_entries(monkeypatch, block):
+    from zoobook.compare import compare_tensors
+
+    monkeypatch.setattr(loc, "ROW_BLOCK", block)
+    rng = np.random.default_rng(5)
+    ref = rng.standard_normal((3, 50)).astype(F32)
+    ref[0, :5] = 1e-6  # below 1e-3 of the peak: no relative error is taken there
+    cand = (ref + 1e-2 * rng.standard_normal(ref.shape)).astype(F32)
+    cand[1, 3], cand[2, 7], ref[2, 9] = np.inf, np.nan, np.nan  # two the candidate lost, one nobody has
+    row = loc.tensor_row(ref, cand)
+    both = np.isfinite(ref) & np.isfinite(cand)
+    expected = compare_tensors(ref[both], cand[both])
+    for key in ("cosine", "max_abs", "max_rel", "rel_euclidean"):
+        assert row[key] == pytest.approx(expected[key], rel=1e-12), key
+    assert row["nonfinite"] == 2 and row["finite"] is False and row["passed"] is False
+    same = loc.tensor_row(ref[:1], ref[:1].copy())
+    assert same["cosine"] == pytest.approx(1.0) and same["max_abs"] == 0.0 and same["passed"]
+    zeros = loc.tensor_row(np.zeros(10, F32), np.zeros(10, F32))
+    assert zeros["cosine"] == 1.0 and zeros["rel_euclidean"] == 0.0 and zeros["passed"]
+    assert loc.tensor_row(np.zeros(10, F32), np.ones(10, F32))["passed"] is False
+
+
 def test_dump_onnx_yields_inputs_and_initializers_and_rejects_unknown_names(feeds):
     model = mlp()
     got = dict(loc.dump_onnx(model, feeds, ["x", "b1", "h2"]))

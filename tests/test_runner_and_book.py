@@ -17,6 +17,7 @@ from zoobook.models import MODELS, get_port, get_spec
 from zoobook.paths import PROFILES
 from zoobook.records import read_record
 from zoobook.runner import declaration, notebook_parameters, notebook_path, run_model
+from zoobook.stages import steps
 from zoobook.stages.spec import SECTION_KINDS
 
 from .conftest import run_smoke
@@ -48,7 +49,12 @@ def test_records_carry_results_and_provenance(smoke_run):
     bound = bench["tables"]["deployment"][0]
     assert bound["device_ms"] == pytest.approx(1000 / 270.35)
     assert bound["overlapped_fps"] == pytest.approx(1000 / max(bound["host_ms"], bound["device_ms"]))
-    assert bench["tables"]["harness"][0]["bare_ms"] > 0
+    harness = bench["tables"]["harness"][0]
+    call_ms = next(r["mean_ms"] for r in bench["tables"]["graph"] if r["candidate"] == "onnxruntime" and r["batch_size"] == 1)
+    if call_ms > steps.HARNESS_MAX_CALL_MS:  # a busy machine: the check says why it did not run
+        assert "bare_ms" not in harness and harness["note"].startswith("not measured")
+    else:
+        assert harness["bare_ms"] > 0
     cut, whole = bench["tables"]["cut"]
     assert whole["graph_gflop"] > cut["graph_gflop"] and all(r["passed"] for r in bench["tables"]["cut_parity"])
 

@@ -75,6 +75,32 @@ def test_the_fp16_emulation_is_checked_in_convert_and_judged_in_evaluate(model, 
         assert read_record("smoke", model, "04-infer")["metrics"]["fp16"]["items"] > 0
 
 
+@pytest.mark.parametrize("name", ["yolact_edge", "retinamask"])
+def test_a_second_evaluation_reuses_the_reference_results_it_is_given(name, monkeypatch):
+    """05-evaluate scores the fp16 emulation against PyTorch's results of its first evaluation
+    (``known``), not by running PyTorch over the images again."""
+    import importlib
+
+    from zoobook.backends import FP16_EMULATION
+
+    run_smoke(name)
+    run = open_run(name, "smoke")
+    extra = {"original": False} if name == "retinamask" else {}
+    first = steps.evaluate(run, "onnxruntime", reference=True, **extra)
+    port_module = importlib.import_module(f"zoobook.models.{name}.port")
+
+    def no_reference_run(*args, **kwargs):
+        raise AssertionError("the reference ran again")
+
+    monkeypatch.setattr(port_module, "read_input", no_reference_run)  # only the reference's path reads it
+    again = steps.evaluate(run, FP16_EMULATION, reference=True, known=first["results"], **extra)
+    assert again["results"]["torch"] == first["results"]["torch"]
+    with pytest.raises(ValueError, match="torch"):
+        steps.evaluate(run, FP16_EMULATION, reference=True, known={"torch": first["results"]["torch"][:-1]}, **extra)
+    with pytest.raises(AssertionError, match="ran again"):
+        steps.evaluate(run, FP16_EMULATION, reference=True, **extra)
+
+
 def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 

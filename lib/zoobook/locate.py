@@ -8,8 +8,9 @@ NPU's own operator dump), compared tensor by tensor in graph order with the metr
 :mod:`zoobook.compare`, and the first operator that fails is named.
 
 - :func:`float_tensors` — the float tensors of a graph, in topological order, with their nodes.
-- :func:`dump_onnx` — run a graph with its intermediate tensors added as outputs, ``chunk`` at a
-  time (one session per chunk, so memory stays bounded on large graphs), yielding them.
+- :func:`dump_onnx` — run a graph in segments, each node once, with the intermediate tensors of
+  ``chunk`` names at a time as a segment's outputs (so memory stays bounded on large graphs),
+  yielding them.
 - :func:`locate` and :func:`first_divergence` — the per-operator rows and the first that fails;
   :func:`locate_onnx` runs both dumps and compares them in one call.
 - :func:`acl_dump_config`, :func:`read_ascend_dump` and :func:`ascend_tensors` — ask ``ais_bench``
@@ -73,7 +74,7 @@ from pathlib import Path
 import numpy as np
 
 from zoobook.backends.fp16 import tensor_types
-from zoobook.compare import THRESHOLDS, compare_tensors
+from zoobook.compare import THRESHOLDS
 
 # ---------------------------------------------------------------------------------------------
 # the graph
@@ -190,15 +191,48 @@ def _names(names: Iterable) -> list[str]:
     return [n if isinstance(n, str) else n[0] for n in names]
 
 
+def _outer_names(graph) -> set[str]:
+    """Names a subgraph reads from its enclosing scopes (used, not produced nor declared inside)."""
+    inner = {i.name for i in graph.input} | {init.name for init in graph.initializer}
+    used: set[str] = set()
+    for node in graph.node:
+        inner.update(o for o in node.output if o)
+        used.update(i for i in node.input if i)
+        for attr in node.attribute:
+            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                used |= _outer_names(sub)
+    return used - inner
+
+
+def _reads(node) -> list[str]:
+    """The tensors ``node`` reads: its inputs and what its subgraphs (If, Loop, Scan) read from
+    the enclosing graph."""
+    names = [i for i in node.input if i]
+    for attr in node.attribute:
+        for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+            names += sorted(_outer_names(sub))
+    return list(dict.fromkeys(names))
+
+
+def _value_info(name: str, array: np.ndarray):
+    from onnx import helper
+
+    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(array.dtype), list(array.shape))
+
+
 def dump_onnx(model_or_path, feeds: Mapping[str, np.ndarray], names: Iterable, *, chunk: int = 64,
               max_bytes: int | None = None, transform: Callable | None = None, threads: int | None = None,
               optimization: str = "disable", providers: list[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """Run the graph on ``feeds`` and yield ``(name, array)`` for each of ``names`` (tensor
-    names, or the tuples of :func:`float_tensors`), in their order. The wanted intermediate
-    tensors are added as graph outputs ``chunk`` at a time, each chunk in a session of its own,
-    and yielded as each chunk finishes, so no more than one chunk's arrays are held (a large
-    graph with every tensor as an output would not fit); ``max_bytes`` also bounds a chunk's
-    tensors by their size (see :func:`chunks`), so that large activations come fewer at a time. ``transform`` (e.g.
+    names, or the tuples of :func:`float_tensors`), in their order, ``chunk`` names at a time
+    (and, where ``max_bytes`` is set, at most that many bytes of them, see :func:`chunks`).
+
+    The graph runs in segments, each node once: a chunk's segment is the part of the graph its
+    tensors need that no earlier segment ran, a session of its own, fed with the graph's inputs
+    and with the tensors earlier segments produced that it reads. A produced tensor is held only
+    until the last node that needs it has run, so no more than one chunk's arrays and the tensors
+    crossing the cut are held (a large graph with every tensor as an output would not fit), and
+    the whole dump costs about one run of the graph. ``transform`` (e.g.
     ``functools.partial(emulate_fp16, precision_mode=...)``) is applied to the model first.
     ONNX Runtime runs on the CPU with every graph optimisation off by default, so that each
     tensor is the one its node produced. Graph inputs and initializers asked for are yielded as
@@ -211,52 +245,94 @@ def dump_onnx(model_or_path, feeds: Mapping[str, np.ndarray], names: Iterable, *
     if chunk < 1:
         raise ValueError("chunk must be at least 1")
     base = _load(model_or_path)
-    if transform is not None:
-        model = transform(base)
-    else:
-        model = onnx.ModelProto()
-        model.CopyFrom(base)
+    model = transform(base) if transform is not None else base
     del base
     graph = model.graph
-    produced = {o for node in graph.node for o in node.output if o}
+    nodes = topological_nodes(graph)
+    producer = {o: k for k, node in enumerate(nodes) for o in node.output if o}
+    reads = [_reads(node) for node in nodes]
     initializers = {init.name: init for init in graph.initializer}
-    outputs = [o.name for o in graph.output]
+    inputs = {info.name: info for info in graph.input if info.name not in initializers}
     wanted = _names(names)
     for name in wanted:
-        if name not in produced and name not in feeds and name not in initializers:
+        if name not in producer and name not in feeds and name not in initializers:
             raise KeyError(f"{name!r} is no tensor of the graph (not produced by a node, fed or an initializer)")
+
+    def ancestors(targets: Iterable[str], done: set[int]) -> set[int]:
+        todo, found = [producer[t] for t in targets if t in producer], set()
+        while todo:
+            k = todo.pop()
+            if k in found or k in done:
+                continue
+            found.add(k)
+            todo += [producer[i] for i in reads[k] if i in producer]
+        return found
+
+    needed = ancestors(wanted, set())  # nodes off every wanted tensor's path never run
+    waiting: dict[str, int] = {}  # tensor -> needed nodes yet to run that read it
+    for k in needed:
+        for name in reads[k]:
+            waiting[name] = waiting.get(name, 0) + 1
     options = ort.SessionOptions()
     options.graph_optimization_level = _level(optimization)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
-    original = []
-    for info in graph.output:  # copies: the field is cleared and refilled per chunk
-        original.append(onnx.ValueInfoProto())
-        original[-1].CopyFrom(info)
+    held: dict[str, np.ndarray] = {}  # produced tensors some node yet to run reads
+    early: dict[str, np.ndarray] = {}  # wanted tensors a segment made before their chunk came
+    later = dict.fromkeys(wanted, 0)
+    for name in wanted:
+        later[name] += 1
+    done: set[int] = set()
     for part in chunks(wanted, chunk=chunk, max_bytes=max_bytes,
                        sizes=tensor_bytes(model) if max_bytes is not None else None):
-        run = [n for n in dict.fromkeys(part) if n in produced]
+        for name in part:
+            later[name] -= 1
+        segment = sorted(ancestors(part, done))
         values: dict[str, np.ndarray] = {}
-        if run:
-            del graph.output[:]
-            graph.output.extend(original)
-            graph.output.extend(onnx.ValueInfoProto(name=n) for n in run if n not in outputs)
-            session = ort.InferenceSession(model.SerializeToString(), options,
+        if segment:
+            made = {o for k in segment for o in nodes[k].output if o}
+            fed = [n for n in dict.fromkeys(i for k in segment for i in reads[k])
+                   if n not in made and n not in initializers]
+            missing = [n for n in fed if n not in held and n not in feeds]
+            if missing:
+                raise KeyError(f"the graph reads {missing} with no value (not fed, no initializer)")
+            crossing = [o for o in made if waiting.get(o, 0) > sum(o in reads[k] for k in segment)]
+            ahead = [n for n in made if later.get(n, 0) > 0 and n not in part]
+            outs = list(dict.fromkeys([n for n in part if n in made] + sorted(crossing) + sorted(ahead)))
+            used_inits = {i for k in segment for i in reads[k] if i in initializers}
+            piece = onnx.helper.make_graph(
+                [nodes[k] for k in segment], f"{graph.name or 'graph'}_segment",
+                [inputs[n] if n in inputs else _value_info(n, held[n]) for n in fed],
+                [onnx.ValueInfoProto(name=n) for n in outs],
+                [initializers[n] for n in initializers if n in used_inits])
+            sub = onnx.helper.make_model(piece, opset_imports=model.opset_import, ir_version=model.ir_version)
+            sub.functions.extend(model.functions)
+            session = ort.InferenceSession(sub.SerializeToString(), options,
                                            providers=providers or ["CPUExecutionProvider"])
-            inputs = [i.name for i in session.get_inputs()]
-            values = dict(zip(run, session.run(run, {n: feeds[n] for n in inputs})))
-            del session
+            given = {**feeds, **held}
+            values = dict(zip(outs, session.run(outs, {n: given[n] for n in fed})))
+            del session, sub, piece
+            done.update(segment)
+            for k in segment:
+                for name in reads[k]:
+                    waiting[name] -= 1
+                    if waiting[name] == 0:
+                        held.pop(name, None)
+            held.update({n: values[n] for n in crossing if waiting.get(n, 0) > 0})
+            early.update({n: values[n] for n in ahead})
         for name in part:
             if name in values:
                 yield name, values[name]
+            elif name in early:
+                yield name, (early.pop(name) if later[name] == 0 else early[name])
             elif name in feeds:
                 yield name, np.asarray(feeds[name])
+            elif name in held:
+                yield name, held[name]
             else:
                 yield name, onnx.numpy_helper.to_array(initializers[name])
         del values
-    del graph.output[:]
-    graph.output.extend(original)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,26 +364,65 @@ def _lookup(candidate) -> Callable[[str], np.ndarray | None]:
     return find
 
 
+#: entries per block of :func:`tensor_row` (float64 work arrays of 32 MiB each)
+ROW_BLOCK = 1 << 22
+
+
+def _blocks(size: int, block: int = ROW_BLOCK) -> Iterator[slice]:
+    return (slice(k, min(k + block, size)) for k in range(0, size, block))
+
+
 def tensor_row(reference: np.ndarray, candidate: np.ndarray, *, cosine_min: float = THRESHOLDS["cosine"],
                rel_euclidean_max: float | None = THRESHOLDS["rel_euclidean"], rel_max: float | None = None) -> dict:
-    """One tensor's comparison: :func:`zoobook.compare.compare_tensors` over the entries both
-    hold finite (max_rel relative to the reference's scale, as there), ``nonfinite`` the entries
-    the candidate holds inf or nan where the reference is finite, ``finite`` whether there are
-    none, and ``passed``: finite, cosine at least ``cosine_min``, relative Euclidean distance at
-    most ``rel_euclidean_max`` and max_rel at most ``rel_max`` (each where set)."""
-    ref = np.asarray(reference, dtype=np.float64).ravel()
-    cand = np.asarray(candidate, dtype=np.float64).ravel()
-    if ref.size != cand.size:
+    """One tensor's comparison: the metrics of :func:`zoobook.compare.compare_tensors` over the
+    entries both hold finite (max_rel relative to the reference's scale, as there), ``nonfinite``
+    the entries the candidate holds inf or nan where the reference is finite, ``finite`` whether
+    there are none, and ``passed``: finite, cosine at least ``cosine_min``, relative Euclidean
+    distance at most ``rel_euclidean_max`` and max_rel at most ``rel_max`` (each where set).
+
+    Computed in float64 a block of :data:`ROW_BLOCK` entries at a time (sums accumulated across
+    blocks), so that a large activation costs a few block-sized work arrays, not several copies
+    of itself in float64."""
+    ref_all, cand_all = np.asarray(reference).ravel(), np.asarray(candidate).ravel()
+    if ref_all.size != cand_all.size:
         return {"shape": list(np.shape(reference)), "cosine": float("nan"), "max_abs": float("nan"),
                 "max_rel": float("nan"), "rel_euclidean": float("nan"), "nonfinite": 0, "finite": True,
                 "passed": False, "note": f"candidate shape {list(np.shape(candidate))}"}
-    ref_ok, cand_ok = np.isfinite(ref), np.isfinite(cand)
-    nonfinite = int(np.count_nonzero(~cand_ok & ref_ok))
-    both = ref_ok & cand_ok
-    metrics = compare_tensors(ref[both], cand[both])
-    row = {"shape": list(np.shape(reference)), "cosine": metrics["cosine"], "max_abs": metrics["max_abs"],
-           "max_rel": metrics["max_rel"], "rel_euclidean": metrics["rel_euclidean"], "nonfinite": nonfinite,
-           "finite": nonfinite == 0}
+    nonfinite, peak = 0, 0.0
+    for part in _blocks(ref_all.size):  # the reference's scale over the entries both hold finite
+        ref, cand = ref_all[part].astype(np.float64), cand_all[part].astype(np.float64)
+        ref_ok, cand_ok = np.isfinite(ref), np.isfinite(cand)
+        nonfinite += int(np.count_nonzero(~cand_ok & ref_ok))
+        scale = np.abs(ref[ref_ok & cand_ok])
+        peak = max(peak, float(scale.max(initial=0.0)))
+    floor = 1e-3 * peak
+    dot = ref_sq = cand_sq = diff_sq = max_abs = max_rel = 0.0
+    equal = True
+    for part in _blocks(ref_all.size):
+        ref, cand = ref_all[part].astype(np.float64), cand_all[part].astype(np.float64)
+        both = np.isfinite(ref) & np.isfinite(cand)
+        if not both.all():
+            ref, cand = ref[both], cand[both]
+        diff = cand - ref
+        dot += float(ref @ cand)
+        ref_sq += float(ref @ ref)
+        cand_sq += float(cand @ cand)
+        diff_sq += float(diff @ diff)
+        np.abs(diff, out=diff)
+        max_abs = max(max_abs, float(diff.max(initial=0.0)))
+        equal = equal and not diff.any()
+        if peak > 0:
+            scale = np.abs(ref)
+            significant = scale >= floor
+            if significant.any():
+                max_rel = max(max_rel, float((diff[significant] / scale[significant]).max()))
+    norm = np.sqrt(ref_sq) * np.sqrt(cand_sq)
+    ref_norm = np.sqrt(ref_sq)
+    row = {"shape": list(np.shape(reference)),
+           "cosine": float(dot / norm) if norm > 0 else float(equal),
+           "max_abs": max_abs, "max_rel": max_rel,
+           "rel_euclidean": float(np.sqrt(diff_sq) / ref_norm) if ref_norm > 0 else max_abs,
+           "nonfinite": nonfinite, "finite": nonfinite == 0}
     passed = row["finite"] and row["cosine"] >= cosine_min
     if rel_euclidean_max is not None:
         passed = passed and row["rel_euclidean"] <= rel_euclidean_max

@@ -137,6 +137,7 @@ RULES: dict[str | tuple[str, ...], Rule] = {
     **{name: FLAG for name in ("resume", "require_real", "require_official", "reference", "original", "trained",
                                    "full_graph", "fp16")},
     "locate": optional(FLAG, "where the fp16 emulation's parity fails"),
+    "suggest": integer(0),
 }
 
 

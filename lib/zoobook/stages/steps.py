@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -422,6 +423,17 @@ def evaluate(run: Run, backend: str, *, reference: bool = True, **params) -> dic
     """Score ``backend`` (and the PyTorch reference on the same data where ``reference``)
     with the model's evaluator, and their agreement (the port's ``score`` hook)."""
     return run.port.score(run, with_reference(capabilities(backend).name, reference), **params)
+
+
+def reused(known: Mapping[str, list] | None, names: Iterable[str], count: int) -> dict[str, list]:
+    """The per-item results of ``names`` that ``known`` (an earlier evaluation's ``results`` in
+    the same run: the same network on the same items) holds, to score again without computing
+    them again; a list that does not hold ``count`` items is an error."""
+    given = {name: list(known[name]) for name in names if known and name in known}
+    wrong = {name: len(items) for name, items in given.items() if len(items) != count}
+    if wrong:
+        raise ValueError(f"known results of {sorted(wrong)} hold {sorted(wrong.values())} items, the run has {count}")
+    return given
 
 
 def has_outputs(run: Run, backend: str) -> bool:

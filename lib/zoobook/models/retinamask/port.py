@@ -11,6 +11,7 @@ Its own artifacts under ``runs/<profile>/retinamask/artifacts/``::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,7 +33,7 @@ from zoobook.models.retinamask.export import TOP_K, PortGraph, cast_roi_inputs_t
 from zoobook.models.retinamask.preprocess import PORT_SIZE, original_tensor, port_resize, port_tensor
 from zoobook.pipeline import Deployment
 from zoobook.stages import Port, Run
-from zoobook.stages.steps import load_outputs, open_session
+from zoobook.stages.steps import load_outputs, open_session, reused
 
 OUTPUT_NAMES = list(GRAPH.outputs)
 CANDIDATE_ORIGINAL = "torch, original post-processing"
@@ -133,17 +134,21 @@ class RetinaMaskPort(Port):
 
     # 05-evaluate
 
-    def score(self, run: Run, candidates: list[str], *, original: bool = True) -> dict:
+    def score(self, run: Run, candidates: list[str], *, original: bool = True,
+              known: Mapping[str, list] | None = None) -> dict:
         """Score with pycocotools (bbox, segm): the backend's saved outputs through the port's
         host side; the reference where asked for (PyTorch running the same graph on the same
-        inputs, through the same host side) and the backend's agreement with it; with
+        inputs, through the same host side, or its results taken from ``known``, an earlier
+        evaluation's ``results`` of this run) and the backend's agreement with it; with
         ``original``, PyTorch through the original pipeline at its own scale (its COCO boxes
         with w = x2 - x1 + 1, as it writes them)."""
         manifest = run.manifest
         model, weights = run.model()
         backend, *reference = candidates
-        sessions = {name: open_session(run, name) for name in reference}
+        given = reused(known, reference, len(manifest["images"]))
+        sessions = {name: open_session(run, name) for name in reference if name not in given}
         results: dict[str, list] = {name: [] for name in candidates}
+        results.update(given)
         if original:
             results[CANDIDATE_ORIGINAL] = []
         for im in tqdm(manifest["images"], desc="evaluate"):

@@ -9,6 +9,7 @@ Its own artifacts under ``runs/<profile>/yolact_edge/artifacts/``: ``inputs/<ind
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from zoobook.models.yolact_edge.postprocess import detections_to_results, postpr
 from zoobook.models.yolact_edge.preprocess import INPUT_SIZE, preprocess
 from zoobook.pipeline import Deployment
 from zoobook.stages import Port, Run, StageIO
-from zoobook.stages.steps import load_outputs, open_session
+from zoobook.stages.steps import load_outputs, open_session, reused
 
 OUTPUT_NAMES = list(GRAPH.outputs)
 
@@ -83,20 +84,23 @@ class YolactEdgePort(Port):
 
     # 05-evaluate
 
-    def score(self, run: Run, candidates: list[str]) -> dict:
+    def score(self, run: Run, candidates: list[str], *, known: Mapping[str, list] | None = None) -> dict:
         """pycocotools (bbox and segm) on each candidate's detections: the backend's from its
-        saved outputs, the reference's (PyTorch) computed here on the same inputs; and the
-        backend's agreement with the reference. Host post-processing is the same code for
-        both."""
+        saved outputs, the reference's (PyTorch) computed here on the same inputs, or taken
+        from ``known`` (an earlier evaluation's ``results`` of this run: the same network on the
+        same images); and the backend's agreement with the reference. Host post-processing is
+        the same code for both."""
         manifest = run.manifest
         model, weights = run.model()
         backend, *reference = candidates
         results: dict[str, list] = {name: [] for name in candidates}
+        given = reused(known, reference, len(manifest["images"]))
+        results.update(given)
         for im in tqdm(manifest["images"], desc="evaluate"):
             size = [(im["height"], im["width"])]
             outputs = load_outputs(run, backend, im["index"])
             results[backend].append(postprocess(model.head, [outputs[n] for n in OUTPUT_NAMES], size)[0])
-            for name in reference:
+            for name in (n for n in reference if n not in given):
                 with torch.inference_mode():
                     outputs = model(torch.from_numpy(read_input(run, im["index"])[None]))
                 results[name].append(postprocess(model.head, list(outputs), size)[0])
