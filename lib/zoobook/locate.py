@@ -364,8 +364,8 @@ def _lookup(candidate) -> Callable[[str], np.ndarray | None]:
     return find
 
 
-#: entries per block of :func:`tensor_row` (float64 work arrays of 32 MiB each)
-ROW_BLOCK = 1 << 22
+#: entries per block of :func:`tensor_row`: float64 work arrays of 512 KiB, which stay in the cache
+ROW_BLOCK = 1 << 16
 
 
 def _blocks(size: int, block: int = ROW_BLOCK) -> Iterator[slice]:

@@ -57,10 +57,12 @@ SPEC = ModelSpec(
     profiles={
         "smoke": {"01-data": {"num_images": 2, "input_size": 320}, "02-export": {"top_k": 100},
                   "06-benchmark": {"seconds": 0.2, "min_calls": 2, "warmup": 1, "host_items": 1}},
-        # a 1344 graph call takes ~10 s on 2 cores (PyTorch's ~30 s): one timed call at least, and
-        # one round of keeping the first divergent type in fp32 (a locator round is two such runs)
-        "default": {"01-data": {"num_images": 2}, "03-convert": {"locate": True, "suggest": 1},
-                    "06-benchmark": {"min_calls": 1}},
+        # a 1344 graph call takes ~10 s on 2 cores (PyTorch's ~30 s): one timed call at least and one
+        # item through the host loops. The locator runs once (a round is about a minute): its first
+        # divergence is a Gather after the global top-k, which moves values without arithmetic, so
+        # keeping Gather in fp32 changes nothing (a round with it left the same 74 operators failing)
+        "default": {"01-data": {"num_images": 2}, "03-convert": {"locate": True, "suggest": 0},
+                    "06-benchmark": {"min_calls": 1, "host_items": 1}},
         "full": {"01-data": {"num_images": 0, "require_real": True}, "02-export": {"require_official": True}},
     },
 )
