@@ -368,7 +368,8 @@ def _lookup(candidate) -> Callable[[str], np.ndarray | None]:
 ROW_BLOCK = 1 << 16
 
 
-def _blocks(size: int, block: int = ROW_BLOCK) -> Iterator[slice]:
+def _blocks(size: int) -> Iterator[slice]:
+    block = ROW_BLOCK  # read at each call (a test sets it small)
     return (slice(k, min(k + block, size)) for k in range(0, size, block))
 
 
