@@ -73,7 +73,7 @@ SPEC = ModelSpec(
         "smoke": {"01-data": {"num_images": 3, "input_size": [128, 256]}, "02-export": {"batch_sizes": [1, 2]},
                   "04-infer": {"batch_size": 2},
                   "06-benchmark": {"seconds": 0.0, "min_calls": 1, "warmup": 0, "host_items": 1}},
-        # a quarter of the port's pixels, so that the whole book builds in half an hour on 2 cores
+        # a quarter of the port's pixels, to keep the whole book near half an hour on 2 cores
         "default": {"01-data": {"num_images": 4, "input_size": [512, 1024]}, "03-convert": {"locate": True},
                     "06-benchmark": {"seconds": 0.0, "min_calls": 1, "warmup": 1, "host_items": 2}},
         "full": {"01-data": {"num_images": 0, "require_real": True, "input_size": [1024, 2048]},
