@@ -117,3 +117,14 @@ def test_failing_graphs_reads_the_graph_column_of_the_parity_rows():
     assert steps.failing_graphs(rows, ["template", "search", "mask", "refine"]) == ["search", "mask"]
     assert steps.failing_graphs([{"output": "y", "passed": False}], ["only"]) == ["only"]
     assert steps.failing_graphs([{"output": "y", "passed": True}], ["only"]) == []
+
+
+def test_graphs_to_locate_follows_the_locate_parameter():
+    run = SimpleNamespace(exported={"graphs": {"template": "t.onnx", "search": "s.onnx"}})
+    failed = [{"graph": "template", "passed": True}, {"graph": "search", "passed": False}]
+    held = [{"graph": "template", "passed": True}, {"graph": "search", "passed": True}]
+    assert steps.graphs_to_locate(run, failed, None) == ["search"]  # only where the parity failed
+    assert steps.graphs_to_locate(run, held, None) == []
+    assert steps.graphs_to_locate(run, None, None) == []  # no emulation compiled, nothing to go by
+    assert steps.graphs_to_locate(run, held, True) is None and steps.graphs_to_locate(run, None, True) is None
+    assert steps.graphs_to_locate(run, failed, False) == []

@@ -256,6 +256,17 @@ def failing_graphs(parity: list[dict], graphs: list[str]) -> list[str]:
     return [g for g in graphs if any(row.get("graph", "").split(",")[0] == g for row in failed)]
 
 
+def graphs_to_locate(run: Run, fp16_parity: list[dict] | None, locate: bool | None) -> list[str] | None:
+    """The graphs 03-convert's ``locate`` parameter asks for, as :func:`locate_graphs` takes them:
+    False, or None without an fp16 parity (the emulation was not compiled): none; None: those
+    whose fp16 parity failed (:func:`failing_graphs`); True: every exported graph (None)."""
+    if locate is False or locate is None and fp16_parity is None:
+        return []
+    if locate is None:
+        return failing_graphs(fp16_parity, list(run.exported["graphs"]))
+    return None
+
+
 def locate_graphs(run: Run, candidate: str = "onnxruntime-fp16", *, graphs: list[str] | None = None,
                   **options) -> list[dict]:
     """:func:`locate` on each of ``graphs`` (None: every exported graph), in the export's order."""
