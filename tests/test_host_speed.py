@@ -13,7 +13,7 @@ import torch
 
 from zoobook.bench import Budget, bare_loop_overhead, benchmark
 from zoobook.pipeline import Deployment, breakdown, deployment_bound, loop_speed, run_pipelined, run_sequential, \
-    same_outputs, with_device_stand_in
+    recording_graph, same_outputs, with_device_stand_in
 from zoobook.timing import recording, timed
 
 
@@ -167,6 +167,26 @@ def test_a_device_stand_in_hides_the_host_behind_the_device():
     assert sequential["same_outputs"] and same_outputs(run_sequential(stand_in, range(6)), run_sequential(real, range(6)))
     assert sequential["mean_ms"] > 19  # 4 + 12 + 4 ms one after the other
     assert pipelined["mean_ms"] < 17  # the device's 12 ms set the pace
+
+
+def test_the_stand_in_takes_the_outputs_a_loop_recorded_without_running_the_graph_again():
+    calls = []
+
+    def graph(i):
+        calls.append(i)
+        return np.full(3, i)
+
+    real = Deployment([("read", lambda i: i), ("graph", graph), ("postprocess", lambda x: x * 2)], list(range(3)))
+    assert recording_graph(Deployment([("track", lambda i: i)], [0]), 2) == (None, [])
+    recorder, recorded = recording_graph(real, 4)
+    outputs = run_sequential(recorder, real.take(6))
+    assert calls == [0, 1, 2, 0, 1, 2] and [int(r[0]) for r in recorded] == [0, 1, 2, 0]  # the first 4 kept
+    assert same_outputs(outputs, run_sequential(real, real.take(6)))  # recording changes no output
+    calls.clear()
+    stand_in = with_device_stand_in(real, 1.0, calls=4, recorded=recorded)
+    assert same_outputs(run_sequential(stand_in, real.take(4)), outputs[:4]) and calls == []
+    with_device_stand_in(real, 1.0, calls=4, recorded=recorded[:2])  # too few: recorded again
+    assert calls == [0, 1, 2, 0]
 
 
 def test_a_failing_stage_stops_the_pipeline_and_is_named():

@@ -161,24 +161,49 @@ def loop_speed(deployment: Deployment, *, calls: int, depth: int = 2, rounds: in
             for loop, ms in best.items()]
 
 
-def with_device_stand_in(deployment: Deployment, device_ms: float, *, calls: int) -> Deployment | None:
+def recording_graph(deployment: Deployment, count: int) -> tuple[Deployment | None, list]:
+    """The deployment with its graph stage keeping its first ``count`` outputs, in the list
+    returned beside it (the same stages otherwise, the same outputs); ``(None, [])`` where
+    there is no stage named ``graph``. A loop over it records what :func:`with_device_stand_in`
+    hands on, so the graph need not run again for that."""
+    names = [name for name, _ in deployment.stages]
+    if GRAPH not in names:
+        return None, []
+    where = names.index(GRAPH)
+    graph = deployment.stages[where][1]
+    recorded: list = []
+
+    def keep(value):
+        out = graph(value)
+        if len(recorded) < count:
+            recorded.append(out)
+        return out
+
+    stages = list(deployment.stages)
+    stages[where] = (GRAPH, keep)
+    return dataclasses.replace(deployment, stages=stages), recorded
+
+
+def with_device_stand_in(deployment: Deployment, device_ms: float, *, calls: int,
+                         recorded: list | None = None) -> Deployment | None:
     """The deployment with its graph stage replaced by a stand-in for the published device:
     it waits ``device_ms`` (asleep, as a host thread waits on a device) and hands on the
-    outputs the real graph gave for that item, recorded by one sequential pass over the first
-    ``calls`` items. The host's stages are untouched, so a pipelined loop over it shows how
-    much of the host's time a device of that speed would hide. None where the deployment has
-    no stage named ``graph`` (a tracker that calls its graphs inside)."""
+    outputs the real graph gave for the first ``calls`` items, in turn: ``recorded`` (from
+    :func:`recording_graph`) where given, else recorded by one sequential pass. The host's
+    stages are untouched, so a pipelined loop over it shows how much of the host's time a
+    device of that speed would hide. None where the deployment has no stage named ``graph``
+    (a tracker that calls its graphs inside)."""
     names = [name for name, _ in deployment.stages]
     if GRAPH not in names:
         return None
     where = names.index(GRAPH)
-    graph = deployment.stages[where][1]
-    recorded: list = []
     stages = list(deployment.stages)
-    stages[where] = (GRAPH, lambda value: recorded.append(graph(value)) or recorded[-1])
-    if deployment.reset:
-        deployment.reset()
-    run_sequential(Deployment(stages, deployment.items), deployment.take(calls))
+    if recorded is None or len(recorded) < calls:
+        recorder, recorded = recording_graph(deployment, calls)
+        if deployment.reset:
+            deployment.reset()
+        run_sequential(recorder, deployment.take(calls))
+    recorded = recorded[:calls]
     handed = {"next": 0}
 
     def stand_in(_value):

@@ -584,14 +584,14 @@ def host_speed(run: Run, backend: str, *, items: int = 8, backend_options: dict 
       (:func:`zoobook.pipeline.with_device_stand_in`), beside the bound it should approach.
     """
     from zoobook.backends.base import cpu_threads
-    from zoobook.pipeline import breakdown, deployment_bound, loop_speed, with_device_stand_in
+    from zoobook.pipeline import breakdown, deployment_bound, loop_speed, recording_graph, with_device_stand_in
 
     deployment = run.port.deployment(run, backend, items=max(1, items), backend_options=backend_options)
     device = run.spec.device_time
     host, bounds = [], []
     try:
-        for threads in sorted({1, cpu_threads()}):
-            found = breakdown(deployment, calls=len(deployment.items), threads=threads)
+        for n, threads in enumerate(sorted({1, cpu_threads()})):  # warmed up once: the sessions stay warm
+            found = breakdown(deployment, calls=len(deployment.items), threads=threads, warmup=0 if n else 1)
             host.append({"threads": threads, "unit": deployment.unit, "calls": found["calls"], **found["steps"],
                          "host_ms": found["host_ms"], "total_ms": found["total_ms"]})
             if device is not None:
@@ -599,8 +599,11 @@ def host_speed(run: Run, backend: str, *, items: int = 8, backend_options: dict 
                                "device": device.basis})
         calls = max(len(deployment.items), 2)
         rounds = 1 if host[-1].get("graph", 0.0) > SLOW_GRAPH_MS else 2  # a slow graph: one round of each loop
-        pipeline = loop_speed(deployment, calls=calls, depth=depth, rounds=rounds)
-        stand_in = with_device_stand_in(deployment, device.ms, calls=calls) if device is not None else None
+        # the graph's outputs in the loops' first pass are what the device stand-in hands on
+        recorder, recorded = recording_graph(deployment, calls)
+        pipeline = loop_speed(recorder or deployment, calls=calls, depth=depth, rounds=rounds)
+        stand_in = with_device_stand_in(deployment, device.ms, calls=calls, recorded=recorded) \
+            if device is not None else None
         if stand_in is not None:
             bound = deployment_bound(host[-1]["host_ms"], device.ms)  # the loops run with the machine's threads
             pipeline += [{**row, "bound_fps": bound[
