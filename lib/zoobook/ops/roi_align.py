@@ -32,17 +32,11 @@ def _axis(start: torch.Tensor, bin_size: torch.Tensor, bins: int, ratio: int, si
 
 
 def roi_align_reference(features: torch.Tensor, rois: torch.Tensor, batch_index: torch.Tensor, output_size: int,
-                        spatial_scale: float, sampling_ratio: int, chunk: int = 8) -> torch.Tensor:
-    """``features [N, C, H, W]``, ``rois [K, 4]`` (xyxy), ``batch_index [K]`` -> ``[K, C, S, S]``.
-
-    The RoIs go ``chunk`` at a time, so that each step's samples (``chunk`` x (S * ratio)^2 x C
-    floats, 6.4 MB at 8 x 28^2 x 256) stay in the CPU's cache, and the samples are gathered
-    from a channels-last copy of the features (each a contiguous run of C floats). Neither
-    changes a value: every RoI's arithmetic is the same whatever the chunk and the layout."""
+                        spatial_scale: float, sampling_ratio: int, chunk: int = 64) -> torch.Tensor:
+    """``features [N, C, H, W]``, ``rois [K, 4]`` (xyxy), ``batch_index [K]`` -> ``[K, C, S, S]``."""
     if sampling_ratio <= 0:
         raise ValueError("only a fixed sampling_ratio (> 0) is supported")
     n, c, height, width = features.shape
-    channels_last = features.permute(0, 2, 3, 1).contiguous()
     out = features.new_zeros((len(rois), c, output_size, output_size))
     for first in range(0, len(rois), chunk):
         r = rois[first:first + chunk] * spatial_scale
@@ -55,7 +49,7 @@ def roi_align_reference(features: torch.Tensor, rois: torch.Tensor, batch_index:
         image = b[:, None, None]
 
         def at(ys, xs):  # gathers only the sampled positions: [k, Y, X, C]
-            return channels_last[image, ys[:, :, None], xs[:, None, :]]
+            return features[image, :, ys[:, :, None], xs[:, None, :]]
 
         hy, hx = (1 - ly)[:, :, None, None], (1 - lx)[:, None, :, None]
         ly4, lx4 = ly[:, :, None, None], lx[:, None, :, None]

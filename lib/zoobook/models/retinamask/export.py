@@ -44,8 +44,8 @@ class PortGraph(nn.Module):
         anchor = torch.div(top_index, NUM_CLASSES, rounding_mode="floor")
         labels = (top_index % NUM_CLASSES + 1).to(torch.int32)
         boxes = decode_boxes(regression[anchor], anchors[anchor]).clamp(0, image.shape[-1])
-        # the port's static pooler in the graph; run eagerly, each box is pooled on its own level
-        # only, a quarter of the work with the same values
+        # the port's static pooler in the graph (every box on every level); run eagerly, each box
+        # is pooled on its own level only: the same values for a quarter of the RoIAlign work
         masks = self.model.mask_probabilities(features, boxes, labels, static=torch.onnx.is_in_onnx_export())
         return boxes[None], labels[None], top_scores[None], masks[None]
 
