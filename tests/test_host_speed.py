@@ -232,3 +232,42 @@ def test_the_harness_check_is_not_run_beside_a_slow_graph():
     row = harness_overhead(None, "g", [{"candidate": "torch", "batch_size": 1, "mean_ms": 50.0},
                                        {"candidate": "onnxruntime", "batch_size": 1, "mean_ms": 2500.0}])
     assert row["note"].startswith("not measured: one call takes 2.5 s") and "bare_ms" not in row
+
+
+def _host_run(graph_ms: float, calls: list) -> SimpleNamespace:
+    """A run whose port's deployment reads an item, runs a graph of ``graph_ms`` (counting its
+    calls) and post-processes, beside a published device of 5 ms."""
+
+    def graph(i):
+        calls.append(i)
+        _sleep(graph_ms)
+        return np.full(3, i)
+
+    def deployment(run, backend, *, items, backend_options=None):
+        return Deployment([("read", lambda i: _sleep(1) or i), ("graph", graph), ("postprocess", lambda x: x * 2)],
+                          list(range(items)))
+
+    return SimpleNamespace(port=SimpleNamespace(deployment=deployment),
+                           spec=SimpleNamespace(device_time=SimpleNamespace(ms=5.0, basis="published, 5 ms")))
+
+
+def test_a_slow_graph_skips_the_real_loops_and_the_stand_in_takes_the_breakdowns_outputs(monkeypatch):
+    from zoobook.backends import base
+    from zoobook.stages import steps
+
+    monkeypatch.setattr(base, "cpu_threads", lambda: 2)
+    calls = []
+    monkeypatch.setattr(steps, "REAL_LOOPS_MAX_MS", 1000.0)
+    fast = steps.host_speed(_host_run(2.0, calls), "onnxruntime", items=3)
+    assert [r["loop"] for r in fast["pipeline"]] == ["sequential", "pipelined", "sequential, device stand-in",
+                                                     "pipelined, device stand-in"]
+    assert all(r["same_outputs"] for r in fast["pipeline"])
+    calls.clear()
+    monkeypatch.setattr(steps, "REAL_LOOPS_MAX_MS", 1.0)  # the 2 ms graph is now slow
+    slow = steps.host_speed(_host_run(2.0, calls), "onnxruntime", items=3)
+    assert calls == [0] + [0, 1, 2] * 2  # warm-up, then both breakdowns, and never again
+    loops = slow["pipeline"]
+    assert loops[0]["loop"] == "sequential and pipelined" and loops[0]["note"].startswith("not run: one graph call")
+    assert [r["loop"] for r in loops[1:]] == ["sequential, device stand-in", "pipelined, device stand-in"]
+    assert all(r["same_outputs"] for r in loops[1:]) and all(r["calls"] == 12 for r in loops[1:])
+    assert [r["threads"] for r in slow["host"]] == [1, 2] and slow["host"][0]["graph"] >= 1.9

@@ -83,6 +83,19 @@ def test_matrix_has_a_row_per_model_and_candidate_with_verdicts(tmp_path):
     assert yolact["data"] == "[**not run**](yolact_edge/01-data.ipynb)"
 
 
+def test_end_to_end_falls_back_to_the_breakdown_where_the_real_loops_did_not_run(tmp_path):
+    records = _semask_run()
+    tables = records[-1]["tables"]
+    tables["pipeline"] = [{"backend": "onnxruntime", "loop": "sequential and pipelined", "calls": 0, "mean_ms": None,
+                           "note": "not run"}]
+    tables["host"] = [{"threads": 1, "host_ms": 30.0, "total_ms": 400.0}, {"threads": 2, "host_ms": 25.0,
+                                                                          "total_ms": 250.0}]
+    rows = [r for r in matrix_rows(RunFolder.open(_write_run(tmp_path / "t", records)))
+            if r["model"] == get_spec("semask").title]
+    assert rows[1]["end to end"] == "4/s; bound 4.72/s (device)"  # 1000 / 250 ms, the machine's threads
+    assert rows[0]["end to end"] == "—"  # the reference went through no loop
+
+
 def test_matrix_names_the_first_failing_agreement_measure(tmp_path):
     records = _semask_run()
     evaluate = records[3]

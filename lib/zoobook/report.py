@@ -129,13 +129,18 @@ def _agreement_cell(rows: list[dict] | None) -> str:
 
 def _speed_cell(record: dict, candidate: str) -> str:
     """Items per second of the sequential end-to-end loop on this machine (06-benchmark's
-    ``pipeline`` table), and the bound the published device would allow with this host."""
+    ``pipeline`` table, else the ``host`` breakdown's with the most threads, which is that
+    loop too), and the bound the published device would allow with this host."""
     tables = record.get("tables") or {}
     loop = next((r for r in tables.get("pipeline") or () if r.get("backend") == candidate
                  and r.get("loop") == "sequential"), None)
-    if not loop:
-        return "—"
-    text = f"{_fmt(loop.get('throughput'), 3)}/s"
+    if loop:
+        text = f"{_fmt(loop.get('throughput'), 3)}/s"
+    else:
+        breakdown = max(tables.get("host") or (), key=lambda r: r.get("threads") or 0, default=None)
+        if not breakdown or not breakdown.get("total_ms") or record.get("backend") != candidate:
+            return "—"
+        text = f"{_fmt(1000.0 / breakdown['total_ms'], 3)}/s"
     bound = next((r for r in tables.get("deployment") or () if r.get("threads") == 1), None)
     if bound:
         text += f"; bound {_fmt(bound.get('overlapped_fps'), 3)}/s ({bound.get('bottleneck')})"

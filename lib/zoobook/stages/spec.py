@@ -87,7 +87,7 @@ SECTION_KINDS: dict[str, SectionKind] = {
     "bound": SectionKind(("threads", "host_ms", "device_ms"), ("threads", "host_ms", "device_ms", "overlapped_fps",
                                                                "sequential_fps", "bottleneck", "device"), digits=2),
     "pipeline": SectionKind(("loop", "mean_ms"), ("backend", "loop", "calls", "mean_ms", "throughput", "bound_fps",
-                                                  "speedup", "same_outputs", "threads"), digits=2),
+                                                  "speedup", "same_outputs", "threads", "note"), digits=2),
     "published": SectionKind(("value",), digits=4),
     "locate": SectionKind(("node", "cosine", "passed"), ("graph", "index", "node", "op_type", "cosine", "max_abs", "max_rel",
                                                        "nonfinite", "passed", "first"), digits=6),

@@ -564,6 +564,10 @@ def harness_overhead(run: Run, graph: str, graph_rows: list[dict], *, warmup: in
 #: a graph call slower than this (on this machine) gets one round of the sequential and the
 #: pipelined loop instead of two
 SLOW_GRAPH_MS = 1000.0
+#: a graph call slower than this (on this machine) does not go through the real loops: with the
+#: graph and the host on the same cores its seconds leave nothing to overlap, and the four calls
+#: would cost a minute or more; the loops run with the device stand-in only
+REAL_LOOPS_MAX_MS = 5000.0
 #: items through the loops with the device stand-in (cheap: no graph runs), cycling the
 #: recorded outputs, so that filling and draining the pipeline weigh little
 STAND_IN_CALLS = 12
@@ -582,26 +586,41 @@ def host_speed(run: Run, backend: str, *, items: int = 8, backend_options: dict 
       queues of ``depth``), with whether their outputs are the same; and both again with the
       graph replaced by a stand-in that waits the published device time
       (:func:`zoobook.pipeline.with_device_stand_in`), beside the bound it should approach.
+      Where one graph call takes over :data:`REAL_LOOPS_MAX_MS` with one thread, the real
+      loops are not run (a row says so) and the stand-in hands on the outputs the breakdown
+      with the machine's threads recorded.
     """
     from zoobook.backends.base import cpu_threads
     from zoobook.pipeline import breakdown, deployment_bound, loop_speed, recording_graph, with_device_stand_in
 
     deployment = run.port.deployment(run, backend, items=max(1, items), backend_options=backend_options)
     device = run.spec.device_time
-    host, bounds = [], []
+    host, bounds, recorded = [], [], []
     try:
-        for n, threads in enumerate(sorted({1, cpu_threads()})):  # warmed up once: the sessions stay warm
-            found = breakdown(deployment, calls=len(deployment.items), threads=threads, warmup=0 if n else 1)
+        for n, threads in enumerate(sorted({1, cpu_threads()})):
+            slow = n > 0 and host[0].get("graph", 0.0) > REAL_LOOPS_MAX_MS
+            # warmed up once: the sessions stay warm, and a slow graph's items, in order, are recorded
+            recorder, kept = recording_graph(deployment, len(deployment.items)) if slow else (None, [])
+            found = breakdown(recorder or deployment, calls=len(deployment.items), threads=threads,
+                              warmup=0 if n else 1)
+            recorded = kept or recorded
             host.append({"threads": threads, "unit": deployment.unit, "calls": found["calls"], **found["steps"],
                          "host_ms": found["host_ms"], "total_ms": found["total_ms"]})
             if device is not None:
                 bounds.append({"threads": threads, **deployment_bound(found["host_ms"], device.ms),
                                "device": device.basis})
-        calls = max(len(deployment.items), 2)
-        rounds = 1 if host[-1].get("graph", 0.0) > SLOW_GRAPH_MS else 2  # a slow graph: one round of each loop
-        # the graph's outputs in the loops' first pass are what the device stand-in hands on
-        recorder, recorded = recording_graph(deployment, calls)
-        pipeline = loop_speed(recorder or deployment, calls=calls, depth=depth, rounds=rounds)
+        if recorded:
+            calls = len(recorded)
+            pipeline = [{"loop": "sequential and pipelined", "calls": 0, "mean_ms": None,
+                         "note": f"not run: one graph call takes {host[0]['graph'] / 1000:.1f} s here, on the cores "
+                                 "the host shares, so there is nothing to overlap; the device stand-in's loops "
+                                 "below show what a device would hide"}]
+        else:
+            calls = max(len(deployment.items), 2)
+            rounds = 1 if host[-1].get("graph", 0.0) > SLOW_GRAPH_MS else 2  # a slow graph: one round of each loop
+            # the graph's outputs in the loops' first pass are what the device stand-in hands on
+            recorder, recorded = recording_graph(deployment, calls)
+            pipeline = loop_speed(recorder or deployment, calls=calls, depth=depth, rounds=rounds)
         stand_in = with_device_stand_in(deployment, device.ms, calls=calls, recorded=recorded) \
             if device is not None else None
         if stand_in is not None:
