@@ -91,6 +91,21 @@ def test_records_and_result_files(smoke_run):
     assert bench["tables"]["deployment"][0]["device_ms"] == pytest.approx(4000 / 1673.94)
 
 
+def test_lock_step_tracks_the_reference_once_for_every_backend(smoke_run, monkeypatch):
+    from zoobook.models import open_run
+    from zoobook.models.siammask import tracking
+
+    run = open_run("siammask", "smoke")
+    made = []
+    real = tracking.reference_demo_track
+    monkeypatch.setattr(tracking, "reference_demo_track", lambda *a: made.append(1) or real(*a))
+    itself = tracking.lockstep(run, "torch")  # PyTorch fed its own states: the same decisions
+    assert itself["same_cell"] == 1.0 and itself["min_mask_iou"] == 1.0 and itself["max_centre_difference_px"] == 0.0
+    onnx = tracking.lockstep(run, "onnxruntime")
+    assert made == [1] and onnx["frames"] == itself["frames"] == len(tracking.demo_frames(run)) - 1
+    assert onnx["same_cell"] == 1.0 and onnx["mean_mask_iou"] > 0.98
+
+
 def test_tracking_resumes_only_on_the_same_data_and_model(smoke_run):
     from zoobook.models import open_run
     from zoobook.stages import steps

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -225,23 +226,38 @@ def lockstep(run: Run, backend: str, *, mode: str = "split", backend_options: di
     backend's tracker is given the reference's state, so both see the same crop, and their
     decisions are compared (same anchor cell, box centre, mask IoU). Free-running trackers
     drift apart once a near-tie between two cells falls differently (with synthetic weights
-    that happens often); lock-step measures the numerical agreement itself."""
+    that happens often); lock-step measures the numerical agreement itself. The reference's
+    track is made once per run (:func:`reference_demo_track`) for every backend compared."""
     frames = demo_frames(run)
-    reference = SiamMaskTracker(tracker_engine(run, REFERENCE))
+    states = run.memo("reference demo track", lambda: reference_demo_track(run, frames))
     candidate = SiamMaskTracker(tracker_engine(run, backend, mode=mode, backend_options=backend_options))
-    for tracker in (reference, candidate):
-        tracker.init(frames[0], run.manifest["demo"]["box"])
+    candidate.init(frames[0], run.manifest["demo"]["box"])
     same_cell, centre, iou = [], [], []
-    for frame in tqdm(frames[1:], desc=f"lock-step {backend}"):
-        candidate.centre, candidate.size = reference.centre.copy(), reference.size.copy()
-        a, b = reference.track(frame), candidate.track(frame)
+    for frame, a in zip(tqdm(frames[1:], desc=f"lock-step {backend}"), states):
+        candidate.centre, candidate.size = a.before_centre.copy(), a.before_size.copy()
+        b = candidate.track(frame)
         same_cell.append(a.cell == b.cell)
         centre.append(float(np.abs(a.centre - b.centre).max()))
-        ma, mb = a.mask > reference.config.seg_thr, b.mask > candidate.config.seg_thr
+        ma, mb = a.mask, b.mask > candidate.config.seg_thr
         union = np.count_nonzero(ma | mb)
         iou.append(np.count_nonzero(ma & mb) / union if union else 1.0)
     return {"frames": len(same_cell), "same_cell": float(np.mean(same_cell)), "max_centre_difference_px": max(centre),
             "mean_mask_iou": float(np.mean(iou)), "min_mask_iou": float(np.min(iou)), "mask_iou": iou}
+
+
+def reference_demo_track(run: Run, frames: list[np.ndarray]) -> list[SimpleNamespace]:
+    """The PyTorch reference tracking the demo clip from its first-frame box: per later frame,
+    its state before the frame (``before_centre``, ``before_size``) and what it decided
+    (``cell``, ``centre``, and ``mask``, the pasted probabilities over its threshold)."""
+    reference = SiamMaskTracker(tracker_engine(run, REFERENCE))
+    reference.init(frames[0], run.manifest["demo"]["box"])
+    states = []
+    for frame in tqdm(frames[1:], desc="lock-step reference"):
+        before_centre, before_size = reference.centre.copy(), reference.size.copy()
+        result = reference.track(frame)
+        states.append(SimpleNamespace(before_centre=before_centre, before_size=before_size, cell=result.cell,
+                                      centre=result.centre, mask=result.mask > reference.config.seg_thr))
+    return states
 
 
 def tracking_loop(engine, frames: list[np.ndarray], box: list[float]):
