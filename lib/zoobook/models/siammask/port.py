@@ -283,7 +283,8 @@ def vot_rows(evaluation: dict) -> list[dict]:
                      "EAO [100,356]": s["eao"]["repo"],
                      "EAO [108,371]": s["eao"]["vot2016"], "accuracy": s["accuracy"], "robustness": s["robustness"],
                      "failures": s["lost_number"], "frames": s["frames"], "weights": weights,
-                     "data": f"{data['kind']}: {data['name']} ({data['sequences']} sequences)"})
+                     "data": f"{data['kind']}: {data['name']} ({data['sequences']} sequence"
+                             f"{'' if data['sequences'] == 1 else 's'})"})
     published: dict[str, dict] = {}
     for pub in SPEC.published:
         if pub.unit in ("EAO", "accuracy", "robustness"):
