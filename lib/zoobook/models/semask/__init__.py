@@ -73,8 +73,8 @@ SPEC = ModelSpec(
         "smoke": {"01-data": {"num_images": 3, "input_size": [128, 256]}, "02-export": {"batch_sizes": [1, 2]},
                   "04-infer": {"batch_size": 2},
                   "06-benchmark": {"seconds": 0.0, "min_calls": 1, "warmup": 0, "host_items": 1}},
-        # a sixteenth of the port's pixels (a quarter of each side), to keep the whole book within
-        # half an hour on 2 cores: every stage's cost scales with the pixels
+        # a sixteenth of the port's pixels (a quarter of each side), to bring the whole book near half
+        # an hour on 2 cores: each graph call's cost scales with the pixels
         "default": {"01-data": {"num_images": 4, "input_size": [256, 512]}, "03-convert": {"locate": True},
                     "06-benchmark": {"seconds": 0.0, "min_calls": 1, "warmup": 1, "host_items": 2}},
         "full": {"01-data": {"num_images": 0, "require_real": True, "input_size": [1024, 2048]},
