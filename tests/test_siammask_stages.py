@@ -96,6 +96,7 @@ def test_lock_step_tracks_the_reference_once_for_every_backend(smoke_run, monkey
     from zoobook.models.siammask import tracking
 
     run = open_run("siammask", "smoke")
+    monkeypatch.setattr(tracking, "_demo_key", lambda *a: "another network")  # 04's saved track does not apply
     made = []
     real = tracking.reference_demo_track
     monkeypatch.setattr(tracking, "reference_demo_track", lambda *a: made.append(1) or real(*a))
@@ -104,6 +105,26 @@ def test_lock_step_tracks_the_reference_once_for_every_backend(smoke_run, monkey
     onnx = tracking.lockstep(run, "onnxruntime")
     assert made == [1] and onnx["frames"] == itself["frames"] == len(tracking.demo_frames(run)) - 1
     assert onnx["same_cell"] == 1.0 and onnx["mean_mask_iou"] > 0.98
+
+
+def test_lock_step_takes_the_reference_track_04_saved(smoke_run, monkeypatch):
+    """04-infer's reference demo track carries its states: lock-step reads them instead of
+    tracking again, and they are the states a fresh reference track has."""
+    from zoobook.models import open_run
+    from zoobook.models.siammask import tracking
+
+    run = open_run("siammask", "smoke")
+    frames = tracking.demo_frames(run)
+    saved, fresh = tracking.saved_reference_track(run, frames), tracking.reference_demo_track(run, frames)
+    assert saved is not None and len(saved) == len(fresh) == len(frames) - 1
+    for a, b in zip(saved, fresh):
+        assert a.cell == b.cell
+        for name in ("before_centre", "before_size", "centre", "mask"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert tracking.saved_reference_track(run, frames[:-1]) is None  # another clip: not this track
+    monkeypatch.setattr(tracking, "reference_demo_track", lambda *a: pytest.fail("tracked the reference again"))
+    itself = tracking.lockstep(run, "torch")
+    assert itself["same_cell"] == 1.0 and itself["min_mask_iou"] == 1.0 and itself["max_centre_difference_px"] == 0.0
 
 
 def test_tracking_resumes_only_on_the_same_data_and_model(smoke_run):

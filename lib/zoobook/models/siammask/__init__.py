@@ -116,11 +116,12 @@ SPEC = ModelSpec(
                   "01-data": {"num_sequences": 1, "num_frames": 30, "demo_frames": 6},
                   "06-benchmark": {"seconds": 0.2, "min_calls": 2, "warmup": 1, "tracker_frames": 3,
                                    "host_items": 3}},
-        # 00-train: 5 epochs (2 frozen, 3 with the trunk) of 32 pairs, 4 steps each at batch 8, of
-        # which the 2 after the skipped ones are timed: the curves, the unfreeze and both rates.
+        # 00-train: 4 epochs (the warm-up one and one more frozen, 2 with the trunk at the decaying
+        # rate) of 32 pairs, 4 steps each at batch 8, of which the 2 after the skipped ones are
+        # timed: the curves, the unfreeze and both rates.
         # 01-data: one sequence of 380 frames, longer than both EAO intervals ([100, 356] and
         # [108, 371]), so each is averaged over its whole range; three trackers run over it in 04
-        "default": {"00-train": {"epochs": 5, "pairs": 32}, "01-data": {"num_sequences": 1, "num_frames": 380},
+        "default": {"00-train": {"epochs": 4, "pairs": 32}, "01-data": {"num_sequences": 1, "num_frames": 380},
                     "03-convert": {"locate": True}},
         "full": {"00-train": {"require_real": True}, "01-data": {"num_sequences": 0, "require_real": True},
                  "02-export": {"require_official": True}},

@@ -7,7 +7,9 @@ notebooks call these; each takes the stage's :class:`~zoobook.stages.Run`.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from zoobook.atomic import save_npz_atomic
 from zoobook.backends import REFERENCE, capabilities, with_reference
 from zoobook.data.images import read_bgr
 from zoobook.data.vot import VotDataset
@@ -36,22 +39,6 @@ MODES = ("split", "port")
 #: (experiments/siammask_base/config.json) leaves in place; the mask branch alone (63 x 63)
 BASE_TRACKER = TrackerConfig(penalty_k=0.09, window_influence=0.39, lr=0.38, seg_thr=0.30, out_size=63,
                              refine=False)
-TRAINED = "trained-base"
-
-DEMO = "tennis"
-
-
-#: the tracker's engines: ``split`` runs the template graph once per sequence and the search
-#: graph per frame; ``port`` runs the port's mask graph (template and search) every frame
-MODES = ("split", "port")
-
-
-#: the base model's tracker settings: the reference's class defaults, which its base config
-#: (experiments/siammask_base/config.json) leaves in place; the mask branch alone (63 x 63)
-BASE_TRACKER = TrackerConfig(penalty_k=0.09, window_influence=0.39, lr=0.38, seg_thr=0.30, out_size=63,
-                             refine=False)
-
-
 TRAINED = "trained-base"
 
 
@@ -196,18 +183,31 @@ def track_demo(run: Run, backend: str, *, reference: bool = True, mode: str = "s
     for candidate in with_reference(backend, reference):
         tracker = SiamMaskTracker(tracker_engine(run, candidate, mode=mode, backend_options=backend_options))
         tracker.init(frames[0], run.manifest["demo"]["box"])
-        polygons, masks, scores = [], [], []
+        polygons, masks, scores, states = [], [], [], []
         for frame in tqdm(frames[1:], desc=f"demo {candidate}"):
+            before = np.concatenate([tracker.centre, tracker.size])
             result = tracker.track(frame)
             polygons.append(result.polygon)
             masks.append(result.mask > tracker.config.seg_thr)
             scores.append(result.score)
+            states.append([*before, *result.cell, *result.centre])
+        # the reference's states too, so that lock-step (05) need not track it again
+        extra = {"states": np.array(states), "key": _demo_key(run, frames)} if capabilities(candidate).reference else {}
         path = run.path("demo") / f"{candidate}.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, polygons=np.array(polygons), masks=np.packbits(np.array(masks), axis=-1),
-                            scores=np.array(scores), width=frames[0].shape[1])
+        save_npz_atomic(path, {"polygons": np.array(polygons), "masks": np.packbits(np.array(masks), axis=-1),
+                               "scores": np.array(scores), "width": frames[0].shape[1], **extra}, compressed=True)
         out[candidate] = str(path)
     return out
+
+
+def _demo_key(run: Run, frames: list[np.ndarray]) -> str:
+    """What a reference track of the demo clip depends on: the network's weights, the clip
+    (its frames' pixels) and the first-frame box."""
+    digest = hashlib.sha256(json.dumps([run.weights, run.manifest["demo"]["box"]], sort_keys=True).encode())
+    for frame in frames:
+        digest.update(np.ascontiguousarray(frame).data)
+    return digest.hexdigest()
 
 
 def read_demo_track(run: Run, candidate: str) -> dict[str, np.ndarray]:
@@ -229,7 +229,8 @@ def lockstep(run: Run, backend: str, *, mode: str = "split", backend_options: di
     that happens often); lock-step measures the numerical agreement itself. The reference's
     track is made once per run (:func:`reference_demo_track`) for every backend compared."""
     frames = demo_frames(run)
-    states = run.memo("reference demo track", lambda: reference_demo_track(run, frames))
+    states = run.memo("reference demo track",
+                      lambda: saved_reference_track(run, frames) or reference_demo_track(run, frames))
     candidate = SiamMaskTracker(tracker_engine(run, backend, mode=mode, backend_options=backend_options))
     candidate.init(frames[0], run.manifest["demo"]["box"])
     same_cell, centre, iou = [], [], []
@@ -243,6 +244,22 @@ def lockstep(run: Run, backend: str, *, mode: str = "split", backend_options: di
         iou.append(np.count_nonzero(ma & mb) / union if union else 1.0)
     return {"frames": len(same_cell), "same_cell": float(np.mean(same_cell)), "max_centre_difference_px": max(centre),
             "mean_mask_iou": float(np.mean(iou)), "min_mask_iou": float(np.min(iou)), "mask_iou": iou}
+
+
+def saved_reference_track(run: Run, frames: list[np.ndarray]) -> list[SimpleNamespace] | None:
+    """:func:`reference_demo_track`'s states as 04-infer saved them with the reference's demo
+    track (:func:`track_demo`); None where there is none, or it was made by other weights, from
+    another clip or box."""
+    path = run.path("demo") / f"{REFERENCE}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        if "states" not in data.files or str(data["key"]) != _demo_key(run, frames):
+            return None
+        states = data["states"]
+        masks = np.unpackbits(data["masks"], axis=-1, count=int(data["width"])).astype(bool)
+    return [SimpleNamespace(before_centre=s[0:2], before_size=s[2:4], cell=(int(s[4]), int(s[5])), centre=s[6:8],
+                            mask=m) for s, m in zip(states, masks)]
 
 
 def reference_demo_track(run: Run, frames: list[np.ndarray]) -> list[SimpleNamespace]:

@@ -58,7 +58,7 @@ SPEC = ModelSpec(
                   "06-benchmark": {"batch_sizes": [1, 2], "seconds": 0.2, "min_calls": 2, "warmup": 1,
                                    "host_items": 2}},
         # one warm-up and one call at least: PyTorch's batch 8 takes ~17 s a call on 2 cores
-        "default": {"01-data": {"num_images": 24}, "03-convert": {"locate": True},
+        "default": {"01-data": {"num_images": 16}, "03-convert": {"locate": True},
                     "06-benchmark": {"warmup": 1, "min_calls": 1}},
         "full": {"01-data": {"num_images": 0, "require_real": True}, "02-export": {"require_official": True}},
     },
