@@ -227,7 +227,8 @@ def lockstep(run: Run, backend: str, *, mode: str = "split", backend_options: di
     decisions are compared (same anchor cell, box centre, mask IoU). Free-running trackers
     drift apart once a near-tie between two cells falls differently (with synthetic weights
     that happens often); lock-step measures the numerical agreement itself. The reference's
-    track is made once per run (:func:`reference_demo_track`) for every backend compared."""
+    track is the one 04-infer saved with its states (:func:`saved_reference_track`), else made
+    once per run (:func:`reference_demo_track`), for every backend compared."""
     frames = demo_frames(run)
     states = run.memo("reference demo track",
                       lambda: saved_reference_track(run, frames) or reference_demo_track(run, frames))
