@@ -104,17 +104,6 @@ def test_the_bare_loop_shows_the_harness_overhead():
     assert 40 < row["overhead_pct"] < 200  # 4 ms against 2 ms
 
 
-def test_the_bare_loop_warms_up_once_for_all_blocks():
-    calls = {"harness": 0, "raw": 0}
-
-    def count(name):
-        calls[name] += 1
-
-    row = bare_loop_overhead(lambda: count("harness"), lambda: count("raw"),
-                             budget=Budget(seconds=0, min_calls=3, max_calls=3), warmup=2, blocks=3)
-    assert row["calls"] == 3 and calls == {"harness": 2 + 3 * 3, "raw": 2 + 3 * 3}
-
-
 # --- the deployment's loops ----------------------------------------------------------------
 
 

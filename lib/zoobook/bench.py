@@ -99,15 +99,13 @@ def bare_loop_overhead(harness_run: Callable[[], object], raw_run: Callable[[], 
     backend wrapper, timed call by call) against ``raw_run`` (the runtime's own call, e.g.
     ``InferenceSession.run``) in a bare loop timed as a whole. They alternate in ``blocks``
     blocks of the same number of calls, so that drift falls on both; the medians of the
-    blocks' means are compared. The ``warmup`` calls of each come once, before the first
-    block: both run the same session, which stays warm from block to block."""
-    for _ in range(warmup):
-        harness_run()
-        raw_run()
+    blocks' means are compared."""
     harness, bare = [], []
     for _ in range(blocks):
-        row = benchmark({"harness": harness_run}, batch_size=1, warmup=0, budget=budget, progress=False)[0]
+        row = benchmark({"harness": harness_run}, batch_size=1, warmup=warmup, budget=budget, progress=False)[0]
         harness.append(row["mean_ms"])
+        for _ in range(warmup):
+            raw_run()
         start = time.perf_counter()
         for _ in range(row["calls"]):
             raw_run()
