@@ -59,8 +59,9 @@ SPEC = ModelSpec(
                   "06-benchmark": {"seconds": 0.2, "min_calls": 2, "warmup": 1, "host_items": 1}},
         # a quarter of the port's pixels (half of each side) and the top 300, to bring the whole book
         # near half an hour on 2 cores: the mask head's work scales with the top-k (at 1344 and the
-        # top 1000 it is over half the graph's), the rest with the pixels; one ONNX Runtime call
-        # takes ~6 s here against ~19 s at the port's size, PyTorch's ~9 s against ~34 s. So: one
+        # top 1000 it is 983 of the graph's 1804 GFLOP, counted from its ONNX file), the rest with the
+        # pixels; one ONNX Runtime call took 5.9 s against 18.8 s at the port's size, PyTorch's 8.5 s
+        # against 33.1 s (one process on 2 cores, stop 27's session, measured once). So: one
         # timed call at least and one item through the host loops. The locator runs once: its first
         # divergence is a Gather after the global top-k, which moves values without arithmetic, so
         # keeping Gather in fp32 changes nothing (a round with it left the same operators failing)

@@ -217,8 +217,9 @@ def read_demo_track(run: Run, candidate: str) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"{path}: no demo track; run 04-infer with backend {candidate}")
     with np.load(path) as data:
         width = int(data["width"])
+        extra = {name: data[name] for name in ("states", "key") if name in data.files}  # the reference's
         return {"polygons": data["polygons"], "scores": data["scores"],
-                "masks": np.unpackbits(data["masks"], axis=-1, count=width).astype(bool)}
+                "masks": np.unpackbits(data["masks"], axis=-1, count=width).astype(bool), **extra}
 
 
 def lockstep(run: Run, backend: str, *, mode: str = "split", backend_options: dict | None = None) -> dict:
@@ -251,16 +252,13 @@ def saved_reference_track(run: Run, frames: list[np.ndarray]) -> list[SimpleName
     """:func:`reference_demo_track`'s states as 04-infer saved them with the reference's demo
     track (:func:`track_demo`); None where there is none, or it was made by other weights, from
     another clip or box."""
-    path = run.path("demo") / f"{REFERENCE}.npz"
-    if not path.is_file():
+    if not (run.path("demo") / f"{REFERENCE}.npz").is_file():
         return None
-    with np.load(path) as data:
-        if "states" not in data.files or str(data["key"]) != _demo_key(run, frames):
-            return None
-        states = data["states"]
-        masks = np.unpackbits(data["masks"], axis=-1, count=int(data["width"])).astype(bool)
+    track = read_demo_track(run, REFERENCE)
+    if "states" not in track or str(track["key"]) != _demo_key(run, frames):
+        return None
     return [SimpleNamespace(before_centre=s[0:2], before_size=s[2:4], cell=(int(s[4]), int(s[5])), centre=s[6:8],
-                            mask=m) for s, m in zip(states, masks)]
+                            mask=m) for s, m in zip(track["states"], track["masks"])]
 
 
 def reference_demo_track(run: Run, frames: list[np.ndarray]) -> list[SimpleNamespace]:
