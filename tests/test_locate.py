@@ -114,6 +114,39 @@ def test_chunking_gives_the_same_rows_and_one_session_per_chunk(feeds, monkeypat
     assert [name for name, _ in dumped] == ["h2", "h3", "h4", "h5", "y"] and len(sessions) == 4
 
 
+def _pairs(dump):
+    return [(name, array.copy()) for name, array in dump]
+
+
+def test_a_held_dump_runs_the_graph_once_for_several_candidates(feeds, monkeypatch):
+    model = mlp()
+    order = loc.float_tensors(model)
+    fresh = _pairs(loc.dump_onnx(model, feeds, order, chunk=2))
+    sessions = []
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: sessions.append(1) or real(*a, **k))
+    held = loc.HeldDump(model, feeds, order, hold_bytes=1 << 20, chunk=2)
+    first, again = _pairs(held), _pairs(held)
+    assert held.dumps == 1 and len(sessions) == 3  # one session per chunk of the first read only
+    for (name, array), (name1, a1), (name2, a2) in zip(fresh, first, again):
+        assert name == name1 == name2 and np.array_equal(array, a1) and np.array_equal(array, a2)
+    transform = functools.partial(emulate_fp16, precision_mode="force_fp16")
+    rows = loc.locate_onnx(model, feeds, transform=transform, reference=held)
+    assert rows == loc.locate_onnx(model, feeds, transform=transform) and held.dumps == 1
+
+
+def test_a_dump_too_large_to_hold_or_read_in_part_is_dumped_again(feeds):
+    model = mlp()
+    order = loc.float_tensors(model)
+    total = sum(array.nbytes for _, array in loc.dump_onnx(model, feeds, order))
+    too_small = loc.HeldDump(model, feeds, order, hold_bytes=total - 1)
+    assert [n for n, _ in too_small] == [n for n, _ in too_small] and too_small.dumps == 2
+    fits = loc.HeldDump(model, feeds, order, hold_bytes=total)
+    next(iter(fits))  # a read that stops early keeps nothing
+    assert len(_pairs(fits)) == len(order) and fits.dumps == 2
+    assert len(_pairs(fits)) == len(order) and fits.dumps == 2
+
+
 def branchy():
     """x -> Split into a, b (one node, two outputs) -> a skip tensor ``a`` read again at the end, an
     If whose branches read ``b`` from the enclosing graph, and a dead end nobody asks for."""

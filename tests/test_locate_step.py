@@ -48,6 +48,17 @@ def test_locate_finds_the_overflow_and_suggests_keeping_its_type_in_fp32(tmp_pat
     assert [r["node"] for r in shown if r["first"]] == ["scale_up"]
 
 
+def test_the_rounds_compare_against_one_fp32_run(tmp_path, monkeypatch):
+    from zoobook import locate as locator
+
+    dumps = []
+    real = locator.dump_onnx
+    monkeypatch.setattr(locator, "dump_onnx", lambda *a, **k: dumps.append(k.get("transform")) or real(*a, **k))
+    result = steps.locate(_run(tmp_path), "onnxruntime-fp16")
+    assert len(result["rounds"]) == 2 and len(dumps) == 3  # the fp32 run once, the emulation per round
+    assert sum(transform is None for transform in dumps) == 1
+
+
 def test_locate_without_rounds_suggests_nothing_and_starts_from_keep_dtype(tmp_path):
     result = steps.locate(_run(tmp_path), "onnxruntime-fp16", suggest=0)
     assert result["suggested_keep_dtype"] is None and len(result["rounds"]) == 1

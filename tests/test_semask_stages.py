@@ -122,3 +122,24 @@ def test_atc_gets_one_static_shape_per_graph_and_the_npu_is_timed_in_its_own_pro
     bench = fake_npu_record(folder, "semask", "06-benchmark")
     assert {r["candidate"] for r in bench["tables"]["graph"]} == {"torch", "onnxruntime", "ascend"}
     assert "failures" not in bench["tables"]
+
+
+def test_the_checks_run_in_process_at_small_sizes_and_in_their_own_processes_above(smoke_run, monkeypatch):
+    from types import SimpleNamespace
+
+    from zoobook import bench
+    from zoobook.models import open_run
+    from zoobook.models.semask.port import SeMaskPort
+    from zoobook.stages import steps
+
+    port = SeMaskPort()
+    assert not port.isolate_checks(SimpleNamespace(manifest={"input_size": [256, 512]}))
+    assert port.isolate_checks(SimpleNamespace(manifest={"input_size": [512, 1024]}))
+    run = open_run("semask", "smoke")  # 128 x 256
+    isolated = []
+    monkeypatch.setattr(bench, "run_isolated", lambda f, *args: isolated.append(args[0]) or (f(*args), 0.0))
+    steps.convert(run, "onnxruntime")
+    assert isolated == []
+    monkeypatch.setattr(SeMaskPort, "CHECKS_IN_PROCESS_PIXELS", 128 * 256 - 1)
+    result = steps.convert(run, "onnxruntime")
+    assert isolated == [None, "onnxruntime"] * 2 and all(row["passed"] for row in result["parity"])

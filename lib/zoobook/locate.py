@@ -12,7 +12,8 @@ NPU's own operator dump), compared tensor by tensor in graph order with the metr
   ``chunk`` names at a time as a segment's outputs (so memory stays bounded on large graphs),
   yielding them.
 - :func:`locate` and :func:`first_divergence` — the per-operator rows and the first that fails;
-  :func:`locate_onnx` runs both dumps and compares them in one call.
+  :func:`locate_onnx` runs both dumps and compares them in one call; :class:`HeldDump` keeps a
+  reference dump for the next candidate (rounds of fp32-kept operator types).
 - :func:`acl_dump_config`, :func:`read_ascend_dump` and :func:`ascend_tensors` — ask ``ais_bench``
   for an operator dump of an ``.om`` model, read it back, and name its arrays as the ONNX graph
   does.
@@ -335,6 +336,37 @@ def dump_onnx(model_or_path, feeds: Mapping[str, np.ndarray], names: Iterable, *
         del values
 
 
+class HeldDump:
+    """A reference dump to compare several candidates against: :func:`dump_onnx` (same
+    arguments) the first time it is read, its arrays kept as they pass while they total at most
+    ``hold_bytes``; read again, it gives the kept arrays instead of running the graph again, or,
+    where they did not fit (or the first read stopped early), dumps once more. ``dumps`` counts
+    the graph runs."""
+
+    def __init__(self, model_or_path, feeds: Mapping[str, np.ndarray], names: Iterable, *, hold_bytes: int,
+                 **options) -> None:
+        self._args, self._options, self.hold_bytes = (model_or_path, feeds, list(names)), options, hold_bytes
+        self._held: dict[str, np.ndarray] | None = None
+        self.dumps = 0
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        if self._held is not None:
+            yield from self._held.items()
+            return
+        self.dumps += 1
+        held: dict[str, np.ndarray] | None = {}
+        total = 0
+        for name, array in dump_onnx(*self._args, **self._options):
+            if held is not None:
+                total += array.nbytes
+                if total <= self.hold_bytes:
+                    held[name] = array
+                else:
+                    held = None  # too large to keep: the next read runs the graph again
+            yield name, array
+        self._held = held
+
+
 # ---------------------------------------------------------------------------------------------
 # the comparison
 
@@ -476,13 +508,16 @@ def first_divergence(rows: Iterable[dict]) -> dict | None:
 
 def locate_onnx(model_or_path, feeds: Mapping[str, np.ndarray], *, transform: Callable | None = None,
                 chunk: int = 64, max_bytes: int | None = None, threads: int | None = None,
-                **thresholds) -> list[dict]:
+                reference: Iterable[tuple[str, np.ndarray]] | None = None, **thresholds) -> list[dict]:
     """:func:`locate` of the graph's own fp32 run (reference) against the same graph after
     ``transform`` (candidate; e.g. :func:`zoobook.backends.fp16.emulate_fp16`), over every float
-    tensor of :func:`float_tensors`, both dumped ``chunk`` tensors at a time."""
+    tensor of :func:`float_tensors`, both dumped ``chunk`` tensors at a time. ``reference``: that
+    fp32 dump where the caller holds one (a :class:`HeldDump` of the same graph and feeds, read
+    again for each candidate); None dumps it here."""
     model = _load(model_or_path)
     order = float_tensors(model)
-    reference = dump_onnx(model, feeds, order, chunk=chunk, max_bytes=max_bytes, threads=threads)
+    if reference is None:
+        reference = dump_onnx(model, feeds, order, chunk=chunk, max_bytes=max_bytes, threads=threads)
     candidate = dump_onnx(model, feeds, order, chunk=chunk, max_bytes=max_bytes, transform=transform, threads=threads)
     return locate(reference, candidate, order, **thresholds)
 

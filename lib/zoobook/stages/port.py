@@ -37,9 +37,10 @@ artifacts); ``data_files``, ``onnx_files``, ``output_files``, ``evaluate_files``
 patterns of what 01-data, 02-export, 04-infer and 05-evaluate write, for the stage
 declarations); ``tolerances`` (numeric precision -> :class:`~zoobook.compare.Tolerance`);
 ``backend_defaults`` (backend name -> constructor options this model needs, e.g. ONNX
-Runtime without its memory pattern for large activations); ``isolated`` (run each graph run of
-03-convert and 02-export parity, and each timed candidate of 06-benchmark, in a process of its
-own: for graphs whose memory one process should not accumulate, and to report each one's peak).
+Runtime without its memory pattern for large activations); ``isolated`` (run each timed
+candidate of 06-benchmark in a process of its own, and by default each graph run of 02-export's
+and 03-convert's parity checks, see ``isolate_checks``: for graphs whose memory one process should
+not accumulate, and to report each one's peak).
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ class Port:
     benchmark_graphs: tuple[str, ...] | None = None
     #: graph runs (parity, timing) each in a process of its own, with its memory peak
     isolated: bool = False
+
+    def isolate_checks(self, run) -> bool:
+        """Whether each graph run of 02-export's and 03-convert's parity checks takes a process of
+        its own: ``isolated``, unless the port knows the run's inputs are small enough to share one."""
+        return self.isolated
 
     # weights and data --------------------------------------------------------------------
 

@@ -76,7 +76,7 @@ def export(run: Run, *, opset: int = 11, weights: str | None = None, require_off
             io.setdefault(graph, found)
             feeds = port.feeds(run, graph, 1 if batch == "*" else int(batch))
             reference = port.reference_outputs(run, graph, feeds)
-            candidate = _run_graph(None, path, feeds, port, isolated=port.isolated)
+            candidate = _run_graph(None, path, feeds, port, isolated=port.isolate_checks(run))
             parity += [{**_label(graph, batch, len(record), len(by_batch["onnx"])), **row}
                        for row in port.compare(graph, reference, candidate, tolerance)]
     return {"graphs": record, "io": io, "parity": parity, "weights": provenance,
@@ -150,8 +150,8 @@ def convert(run: Run, backend: str = "auto", *, batch_sizes: list[int] | None = 
                 continue
             checked.add(artifact)
             feeds = port.feeds(run, graph, int(bs))
-            reference = _run_graph(None, run.onnx(graph, int(bs)), feeds, port, isolated=port.isolated)
-            candidate = _run_graph(info.name, artifact, feeds, port, options, isolated=port.isolated)
+            reference = _run_graph(None, run.onnx(graph, int(bs)), feeds, port, isolated=port.isolate_checks(run))
+            candidate = _run_graph(info.name, artifact, feeds, port, options, isolated=port.isolate_checks(run))
             parity += [{**_label(graph, bs, len(artifacts), len(set(by_batch.values()))), **row}
                        for row in port.compare(graph, reference, candidate, tolerance)]
     return {**record, "parity": parity}
@@ -200,9 +200,11 @@ def locate(run: Run, candidate: str = "onnxruntime-fp16", *, graph: str | None =
         keep = [k.strip() for k in (keep.split(",") if isinstance(keep, str) else keep) if k.strip()]
         mode = options.get("precision_mode") or "force_fp16"
         producers = _producer_types(source)
+        # every round compares against the same fp32 run: dumped once, held for the next rounds
+        reference = locator.HeldDump(source, feeds, order, hold_bytes=max_bytes if suggest > 0 else 0, **size)
         for _ in range(1 + max(suggest, 0)):
             transform = functools.partial(emulate_fp16, precision_mode=mode, keep_dtype=keep)
-            rows = locator.locate_onnx(source, feeds, transform=transform, **size)
+            rows = locator.locate_onnx(source, feeds, transform=transform, reference=reference, **size)
             rounds.append({"keep_dtype": list(keep), "rows": rows})
             first = locator.first_divergence(rows)
             if first is None or len(rounds) > suggest:

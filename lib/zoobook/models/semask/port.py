@@ -65,15 +65,24 @@ class SeMaskPort(Port):
     #: ONNX Runtime 1.31 on 2 CPU cores at 1024 x 2048: 3.4 instead of 1.9 GB per image) for no
     #: gain in speed
     backend_defaults = {"onnxruntime": {"memory_pattern": False}}
-    #: each (candidate, batch size) of 06-benchmark, and each graph run of 03-convert's check,
-    #: in a process of its own: ONNX Runtime's memory grows with the batch (about 2 GB per image
-    #: at 1024 x 2048 on a CPU), a separate process gives it all back before the next one runs,
-    #: and its peak is what a machine must hold to run that batch. A call at that size takes
-    #: seconds, so running candidates one after another (not interleaved) costs little accuracy
+    #: each (candidate, batch size) of 06-benchmark, and each graph run of 02-export's and
+    #: 03-convert's checks above ``CHECKS_IN_PROCESS_PIXELS``, in a process of its own: ONNX
+    #: Runtime's memory grows with the batch (about 2 GB per image at 1024 x 2048 on a CPU), a
+    #: separate process gives it all back before the next one runs, and its peak is what a machine
+    #: must hold to run that batch. A call at that size takes seconds, so running candidates one
+    #: after another (not interleaved) costs little accuracy
     isolated = True
+    #: inputs up to this many pixels (256 x 512, a sixteenth of the port's) keep the checks' graph
+    #: runs in this process: batch 8 peaks near 1.5 GB there (06-benchmark's records), and a fresh
+    #: process costs more than such a run (interpreter, imports and session, about 4 s on 2 cores)
+    CHECKS_IN_PROCESS_PIXELS = 256 * 512
 
     def build(self, weights, *, allow_recipe):
         return build(weights, allow_recipe=allow_recipe)
+
+    def isolate_checks(self, run: Run) -> bool:
+        height, width = input_size(run)
+        return height * width > self.CHECKS_IN_PROCESS_PIXELS
 
     # 01-data
 
