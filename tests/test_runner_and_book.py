@@ -40,8 +40,9 @@ def test_records_carry_results_and_provenance(smoke_run):
     assert evaluate["metrics"]["agreement"]["recall"] > 0.99
     assert {r["source"] for r in evaluate["tables"]["accuracy"]} == {"measured", "published"}
     bench = read_record("smoke", "yolact_edge", "06-benchmark")
-    assert {r["candidate"] for r in bench["tables"]["graph"]} == {"torch", "onnxruntime"}
-    assert sorted({r["batch_size"] for r in bench["tables"]["graph"]}) == [1, 2]
+    assert {(r["candidate"], r["batch_size"]) for r in bench["tables"]["graph"]} == {
+        ("torch", 1), ("onnxruntime", 1), ("onnxruntime", 2)}  # the smoke profile: reference_batch_sizes [1]
+    assert [(r["candidate"], r["batch_size"]) for r in bench["tables"]["speedup"]] == [("onnxruntime", 1)]
     assert {"head", "decode", "nms", "masks"} <= set(bench["tables"]["host"][0])
     assert [r["loop"] for r in bench["tables"]["pipeline"]] == [
         "sequential", "pipelined", "sequential, device stand-in", "pipelined, device stand-in"]

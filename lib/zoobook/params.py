@@ -125,6 +125,7 @@ RULES: dict[str | tuple[str, ...], Rule] = {
     "max_calls": optional(COUNT, "no cap"),
     "warmup": integer(0),
     "host_items": COUNT,
+    "reference_batch_sizes": optional(COUNTS, "every timed batch size"),
     "tracker_frames": COUNT,
     # siammask 00-train
     ("siammask", "preset"): one_of(*SIAMMASK_PRESETS),

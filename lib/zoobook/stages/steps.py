@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from zoobook import bench
-from zoobook.backends import benchmark_candidates, capabilities, get_backend, with_reference
+from zoobook.backends import REFERENCE, benchmark_candidates, capabilities, get_backend, with_reference
 from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
 from zoobook.compare import judge_agreement as judge_agreement_rows
 from zoobook.export import graph_flops, onnx_io
@@ -479,9 +479,11 @@ def judge_agreement(run: Run, backend: str, rows: list[dict]) -> list[dict]:
 
 def benchmark(run: Run, backend: str, *, batch_sizes: list[int] | None = None, seconds: float = 5.0,
               min_calls: int = 3, max_calls: int | None = 100, warmup: int = 2,
-              backend_options: dict | None = None, host_items: int = 8, **params) -> dict:
+              backend_options: dict | None = None, host_items: int = 8,
+              reference_batch_sizes: list[int] | None = None, **params) -> dict:
     """Time the graph(s) for the PyTorch reference, the embedded default and ``backend`` where
-    it is neither, at each batch size (default: the exported ones, else 1), warm-up excluded,
+    it is neither, at each batch size (default: the exported ones, else 1; the reference only at
+    those of them in ``reference_batch_sizes`` where given), warm-up excluded,
     each for ``seconds`` of calls (at least ``min_calls``, at most ``max_calls``):
     interleaved, one call each in turn, or where the port asks for it each candidate and batch
     size in a process of its own, with its resident memory once loaded and its peak during the
@@ -501,9 +503,10 @@ def benchmark(run: Run, backend: str, *, batch_sizes: list[int] | None = None, s
         per_image = _flops_per_image(run, graph)
         label = {"graph": graph} if len(graphs) > 1 else {}
         for bs in tqdm(sizes, desc=f"time {graph}", disable=len(sizes) < 2):
+            timed = [n for n in names if n != REFERENCE or reference_batch_sizes is None or bs in reference_batch_sizes]
             if port.isolated:
                 found = []
-                for name in names:
+                for name in timed:
                     try:
                         row, peak = bench.run_isolated(_timed_worker, run.port, run.profile, name, graph, bs,
                                                        budget, warmup, options[name])
@@ -513,7 +516,7 @@ def benchmark(run: Run, backend: str, *, batch_sizes: list[int] | None = None, s
                     found.append({**row, "peak_rss_mb": peak, "run_mb": peak - row["rss_loaded_mb"]})
             else:
                 sessions = {name: open_session(run, name, graph=graph, batch_size=bs, backend_options=options[name],
-                                               uncompiled=True) for name in names}
+                                               uncompiled=True) for name in timed}
                 feeds = port.feeds(run, graph, bs)
                 found = bench.benchmark({n: (lambda s=s: s.run(feeds)) for n, s in sessions.items()}, batch_size=bs,
                                         warmup=warmup, budget=budget,
@@ -666,8 +669,6 @@ def _timed_worker(port, profile: str, candidate: str, graph: str, batch_size: in
 
 def speedup_rows(rows: list[dict], baseline: str | None = None) -> list[dict]:
     """Per graph, batch size and candidate: the reference's mean latency / the candidate's."""
-    from zoobook.backends import REFERENCE
-
     baseline = baseline or REFERENCE
     base = {(r.get("graph"), r["batch_size"]): r["mean_ms"] for r in rows if r["candidate"] == baseline}
     return [{**({"graph": r["graph"]} if "graph" in r else {}), "candidate": r["candidate"],

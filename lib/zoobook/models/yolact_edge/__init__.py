@@ -56,10 +56,12 @@ SPEC = ModelSpec(
     profiles={
         "smoke": {"01-data": {"num_images": 3}, "03-convert": {"batch_sizes": [1]},
                   "06-benchmark": {"batch_sizes": [1, 2], "seconds": 0.2, "min_calls": 2, "warmup": 1,
-                                   "host_items": 2}},
-        # one warm-up and one call at least: PyTorch's batch 8 takes ~17 s a call on 2 cores
+                                   "host_items": 2, "reference_batch_sizes": [1]}},
+        # one warm-up and one call at least; PyTorch at batch 1 only: its batches 4 and 8 take ~8.5
+        # and ~17 s a call on 2 cores (stop 27's book runs), about 50 s with their warm-ups, and
+        # the guide's batch sizes are the device's, which ONNX Runtime stands in for at each
         "default": {"01-data": {"num_images": 16}, "03-convert": {"locate": True},
-                    "06-benchmark": {"warmup": 1, "min_calls": 1}},
+                    "06-benchmark": {"warmup": 1, "min_calls": 1, "reference_batch_sizes": [1]}},
         "full": {"01-data": {"num_images": 0, "require_real": True}, "02-export": {"require_official": True}},
     },
 )
