@@ -212,3 +212,26 @@ def test_graph_flops_counts_every_item_of_a_non_batch_first_axis(tmp_path):
     export_onnx(PerRoi(), (torch.zeros(1, 3, 8, 8),), path, input_names=["x"], output_names=["y"], opset=13,
                 dynamic_batch=False)
     assert graph_flops(path) == 2 * 4 * (8 * 4 * 4) * (3 * 3 * 3)
+
+
+def test_pin_batches_in_processes_gives_the_files_one_at_a_time_gives(tmp_path):
+    """SeMask's static graphs: each batch pinned and simplified in a spawned process of its own
+    writes the same file as pinning them one after another, its shape arithmetic folded."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from zoobook.export import onnx_io, pin_batches
+
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Relu", ["x"], ["r"]),
+         helper.make_node("Reshape", ["r", "shape"], ["y"])], "dynamic",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 4])])
+    source = tmp_path / "dynamic.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), source)
+    apart = pin_batches(source, {bs: tmp_path / f"apart_bs{bs}.onnx" for bs in (1, 4)}, processes=2)
+    serial = pin_batches(source, {bs: tmp_path / f"serial_bs{bs}.onnx" for bs in (1, 4)}, processes=1)
+    for bs in (1, 4):
+        assert (tmp_path / f"apart_bs{bs}.onnx").read_bytes() == (tmp_path / f"serial_bs{bs}.onnx").read_bytes()
+        assert onnx_io(tmp_path / f"apart_bs{bs}.onnx") == {"inputs": {"x": [bs, 3, 4]}, "outputs": {"y": [bs, 3, 4]}}
+        assert apart[bs]["op_types"] == serial[bs]["op_types"] == ["Relu"]

@@ -111,6 +111,25 @@ def _prod(values) -> int:
     return total
 
 
+def pin_batches(source: str | Path, targets: dict[int, str | Path], *, processes: int | None = None) -> dict[int, dict]:
+    """:func:`pin_batch` of ``source`` at each batch size of ``targets`` (batch size -> file),
+    up to ``processes`` at once (default: the CPU threads this process may use). onnxsim
+    simplifies on one core and holds the GIL while it does, so each runs in a process of its own
+    (spawned: a forked copy of a process that has run OpenMP may hang); one at a time where only
+    one core or one batch size is there."""
+    from zoobook.backends.base import cpu_threads
+
+    workers = min(len(targets), processes or cpu_threads())
+    if workers < 2:
+        return {bs: pin_batch(source, target, bs) for bs, target in targets.items()}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pinned = {bs: pool.submit(pin_batch, str(source), str(target), bs) for bs, target in targets.items()}
+        return {bs: future.result() for bs, future in pinned.items()}
+
+
 def pin_batch(source: str | Path, target: str | Path, batch_size: int) -> dict:
     """A static copy of a dynamic-batch graph: the first axis of every input and output set to
     ``batch_size``, shapes inferred afresh and the graph simplified again (onnxsim folds the

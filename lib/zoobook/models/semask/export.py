@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoobook.export import export_onnx, pin_batch
+from zoobook.export import export_onnx, pin_batches
 from zoobook.models.semask.network import SeMaskFPN
 
 PORT_SIZE = (1024, 2048)
@@ -62,7 +62,7 @@ def export_graphs(model: SeMaskFPN, folder: str | Path, *, batch_sizes: list[int
     The port traces once per batch size; tracing batch 8 at 1024 x 2048 needs more than 24 GB
     of host memory. So the model is traced once at batch 1 with a dynamic batch axis
     (``<stem>_dynamic.onnx``) and each static graph is that graph with its batch pinned and
-    simplified again (:func:`zoobook.export.pin_batch`): the same graph a trace at that batch
+    simplified again (:func:`zoobook.export.pin_batches`): the same graph a trace at that batch
     gives, its shape arithmetic folded."""
     if size[0] % 32 or size[1] % 32:
         raise ValueError(f"input size {size} must be a multiple of 32 on both sides")
@@ -70,9 +70,7 @@ def export_graphs(model: SeMaskFPN, folder: str | Path, *, batch_sizes: list[int
     dynamic = folder / f"{stem}_dynamic.onnx"
     traced = export_onnx(model.eval(), (torch.zeros(1, 3, *size),), dynamic, input_names=["image"],
                          output_names=["output"], opset=opset, dynamic_batch=True)
-    graphs = {}
-    for bs in batch_sizes:
-        pinned = pin_batch(dynamic, folder / f"{stem}_bs{bs}.onnx", bs)
-        graphs[bs] = {**pinned, "opset": opset, "nodes_traced": traced["nodes_raw"], "traced_batch": 1}
+    pinned = pin_batches(dynamic, {bs: folder / f"{stem}_bs{bs}.onnx" for bs in batch_sizes})
     dynamic.unlink()
-    return graphs
+    return {bs: {**pinned[bs], "opset": opset, "nodes_traced": traced["nodes_raw"], "traced_batch": 1}
+            for bs in batch_sizes}
