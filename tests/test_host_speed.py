@@ -226,6 +226,17 @@ def test_same_outputs_is_exact():
     assert not same_outputs(torch.zeros(2), np.zeros(2, np.float32))
 
 
+def test_the_harness_check_takes_the_fastest_graph_under_the_embedded_default():
+    from zoobook.stages.steps import fastest_graph
+
+    rows = [{"graph": g, "candidate": c, "batch_size": bs, "mean_ms": ms} for g, c, bs, ms in [
+        ("mask", "onnxruntime", 1, 300.0), ("refine", "torch", 1, 5.0), ("refine", "onnxruntime", 1, 10.0),
+        ("template", "onnxruntime", 1, 50.0), ("template", "onnxruntime", 4, 1.0)]]
+    assert fastest_graph(rows, ["mask", "refine", "template"]) == "refine"
+    assert fastest_graph([], ["mask", "refine"]) == "mask"  # nothing timed: the first
+    assert fastest_graph([{"candidate": "onnxruntime", "batch_size": 1, "mean_ms": 9.0}], ["only"]) == "only"
+
+
 def test_the_harness_check_is_not_run_beside_a_slow_graph():
     from zoobook.stages.steps import harness_overhead
 

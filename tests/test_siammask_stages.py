@@ -86,6 +86,9 @@ def test_records_and_result_files(smoke_run):
     assert {(r["graph"], r["candidate"]) for r in bench["tables"]["graph"]} == {
         (g, c) for g in ("mask", "refine", "template", "search") for c in ("torch", "onnxruntime")}
     assert len(bench["tables"]["tracker"]) == 3 and all(r["fps"] > 0 for r in bench["tables"]["tracker"])
+    ort_ms = {r["graph"]: r["mean_ms"] for r in bench["tables"]["graph"] if r["candidate"] == "onnxruntime"}
+    harness = bench["tables"]["harness"][0]
+    assert harness["graph"] == min(ort_ms, key=ort_ms.get) and harness["bare_ms"] > 0  # the fastest graph
     assert {"read", "crop", "graph", "decode", "paste", "polygon"} <= set(bench["tables"]["host"][0])
     assert all(r["same_outputs"] for r in bench["tables"]["pipeline"])
     assert bench["tables"]["deployment"][0]["device_ms"] == pytest.approx(4000 / 1673.94)
