@@ -548,7 +548,7 @@ HARNESS_MAX_CALL_MS = 500.0
 def fastest_graph(graph_rows: list[dict], graphs: list[str]) -> str:
     """Of ``graphs``, the one whose batch-1 call under the embedded default is the shortest in
     ``graph_rows`` (the first where none is timed): where the harness's per-call cost shows
-    most, and the check costs least."""
+    most against the call's own."""
     from zoobook.backends import EMBEDDED_DEFAULT
 
     timed = {r.get("graph", graphs[0]): r["mean_ms"] for r in graph_rows
