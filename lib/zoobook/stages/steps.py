@@ -20,7 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from zoobook import bench
-from zoobook.backends import REFERENCE, benchmark_candidates, capabilities, get_backend, with_reference
+from zoobook.backends import (EMBEDDED_DEFAULT, REFERENCE, benchmark_candidates, capabilities, get_backend,
+                              with_reference)
 from zoobook.backends.onnxruntime_backend import OnnxRuntimeSession
 from zoobook.compare import judge_agreement as judge_agreement_rows
 from zoobook.export import graph_flops, onnx_io
@@ -67,6 +68,7 @@ def export(run: Run, *, opset: int = 11, weights: str | None = None, require_off
     run.write_json(EXPORT_RECORD, {"weights": provenance, "opset": opset, "graphs": record,
                                    **port.export_extra(run, **params)})
     tolerance = port.tolerance("fp32")
+    isolated = port.isolate_checks(run)
     parity, io = [], {}
     for graph, by_batch in record.items():
         for batch, path in tqdm(by_batch["onnx"].items(), desc=f"parity {graph}", disable=len(by_batch["onnx"]) < 2):
@@ -76,7 +78,7 @@ def export(run: Run, *, opset: int = 11, weights: str | None = None, require_off
             io.setdefault(graph, found)
             feeds = port.feeds(run, graph, 1 if batch == "*" else int(batch))
             reference = port.reference_outputs(run, graph, feeds)
-            candidate = _run_graph(None, path, feeds, port, isolated=port.isolate_checks(run))
+            candidate = _run_graph(None, path, feeds, port, isolated=isolated)
             parity += [{**_label(graph, batch, len(record), len(by_batch["onnx"])), **row}
                        for row in port.compare(graph, reference, candidate, tolerance)]
     return {"graphs": record, "io": io, "parity": parity, "weights": provenance,
@@ -142,6 +144,7 @@ def convert(run: Run, backend: str = "auto", *, batch_sizes: list[int] | None = 
               "rewrites": rewrites}
     run.write_json(compiled_record(info.name), record)
     tolerance = port.tolerance(info.precision)
+    isolated = port.isolate_checks(run)
     parity = []
     for graph, by_batch in artifacts.items():
         checked = set()
@@ -150,8 +153,8 @@ def convert(run: Run, backend: str = "auto", *, batch_sizes: list[int] | None = 
                 continue
             checked.add(artifact)
             feeds = port.feeds(run, graph, int(bs))
-            reference = _run_graph(None, run.onnx(graph, int(bs)), feeds, port, isolated=port.isolate_checks(run))
-            candidate = _run_graph(info.name, artifact, feeds, port, options, isolated=port.isolate_checks(run))
+            reference = _run_graph(None, run.onnx(graph, int(bs)), feeds, port, isolated=isolated)
+            candidate = _run_graph(info.name, artifact, feeds, port, options, isolated=isolated)
             parity += [{**_label(graph, bs, len(artifacts), len(set(by_batch.values()))), **row}
                        for row in port.compare(graph, reference, candidate, tolerance)]
     return {**record, "parity": parity}
@@ -549,8 +552,6 @@ def fastest_graph(graph_rows: list[dict], graphs: list[str]) -> str:
     """Of ``graphs``, the one whose batch-1 call under the embedded default is the shortest in
     ``graph_rows`` (the first where none is timed): where the harness's per-call cost shows
     most against the call's own."""
-    from zoobook.backends import EMBEDDED_DEFAULT
-
     timed = {r.get("graph", graphs[0]): r["mean_ms"] for r in graph_rows
              if r["candidate"] == EMBEDDED_DEFAULT and r["batch_size"] == 1}
     return min(graphs, key=lambda g: timed.get(g, float("inf")))
@@ -561,8 +562,6 @@ def harness_overhead(run: Run, graph: str, graph_rows: list[dict], *, warmup: in
     against ``InferenceSession.run`` in a bare loop, on the exported ``graph`` at batch 1;
     not run where ``graph_rows`` show that one call takes longer than
     :data:`HARNESS_MAX_CALL_MS` (the row says so)."""
-    from zoobook.backends import EMBEDDED_DEFAULT
-
     timed_call = next((r["mean_ms"] for r in graph_rows if r["candidate"] == EMBEDDED_DEFAULT
                        and r["batch_size"] == 1 and r.get("graph", graph) == graph), None)
     if timed_call is not None and timed_call > HARNESS_MAX_CALL_MS:
