@@ -98,10 +98,28 @@ def test_the_cap_stops_a_fast_candidate():
 
 
 def test_the_bare_loop_shows_the_harness_overhead():
-    row = bare_loop_overhead(lambda: _sleep(4), lambda: _sleep(2), budget=Budget(seconds=0, min_calls=5), warmup=0)
-    assert row["calls"] == 5 and row["harness_ms"] > row["bare_ms"] > 1.5
-    assert row["overhead_pct"] == pytest.approx(100 * (row["harness_ms"] - row["bare_ms"]) / row["bare_ms"])
-    assert 40 < row["overhead_pct"] < 200  # 4 ms against 2 ms
+    calls = {"harness": 0, "bare": 0}
+
+    def harness():
+        calls["harness"] += 1
+        _sleep(4)
+
+    def bare():
+        calls["bare"] += 1
+        _sleep(2)
+
+    row = bare_loop_overhead(harness, bare, budget=Budget(seconds=0, min_calls=8), warmup=0, blocks=4)
+    assert row["calls"] == 8 and calls == {"harness": 8, "bare": 8}  # 2 calls in each of 4 blocks a side
+    assert row["harness_ms"] > row["bare_ms"] > 1.5 and row["blocks"] == 4
+    assert 40 < row["overhead_pct"] < 200 and row["overhead_iqr_pct"] >= 0  # 4 ms against 2 ms
+    assert "own_us" not in row
+
+
+def test_the_harness_own_cost_is_timed_over_a_runtime_that_answers_at_once():
+    row = bare_loop_overhead(lambda: _sleep(2), lambda: _sleep(2), budget=Budget(seconds=0, min_calls=2),
+                             warmup=0, blocks=2, stub_run=lambda: _sleep(0.2))
+    assert 150 < row["own_us"] < 2000  # 0.2 ms a call (sleep overshoots a little)
+    assert row["own_pct"] == pytest.approx(100 * row["own_us"] / 1000 / row["bare_ms"])
 
 
 # --- the deployment's loops ----------------------------------------------------------------

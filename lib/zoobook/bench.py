@@ -93,26 +93,62 @@ def benchmark(candidates: Mapping[str, Callable[[], object]], *, batch_size: int
     return rows
 
 
-def bare_loop_overhead(harness_run: Callable[[], object], raw_run: Callable[[], object], *, budget: Budget, warmup: int = 2,
-                       blocks: int = 3) -> dict:
-    """The harness's overhead on one session: :func:`benchmark` of ``harness_run`` (our
-    backend wrapper, timed call by call) against ``raw_run`` (the runtime's own call, e.g.
-    ``InferenceSession.run``) in a bare loop timed as a whole. They alternate in ``blocks``
-    blocks of the same number of calls, so that drift falls on both; the medians of the
-    blocks' means are compared."""
+def bare_loop_overhead(harness_run: Callable[[], object], raw_run: Callable[[], object], *, budget: Budget,
+                       warmup: int = 2, blocks: int = 10, stub_run: Callable[[], object] | None = None) -> dict:
+    """The harness's overhead on one session, measured two ways.
+
+    End to end: :func:`benchmark` of ``harness_run`` (our backend wrapper, timed call by
+    call) against ``raw_run`` (the runtime's own call, e.g. ``InferenceSession.run``) in a
+    bare loop timed as a whole, in ``blocks`` pairs of blocks of the same number of calls
+    (``budget``'s seconds and calls split over the pairs, at least one call a block; which
+    loop goes first alternates), so that the
+    machine's drift falls on both halves of a pair. ``overhead_pct`` is the median over the
+    pairs of (harness - bare) / bare, ``overhead_iqr_pct`` the interquartile range of those
+    differences: on a graph of a few milliseconds a shared 2-core machine moves them by
+    several percent either way.
+
+    Directly: with ``stub_run`` (the same wrapper over a stand-in for the runtime's call that
+    returns recorded outputs at once) timed through :func:`benchmark` too, ``own_us`` is what
+    the wrapper and the timing loop add to one call, and ``own_pct`` that against the bare
+    call; this does not move with the machine's drift."""
+    for _ in range(warmup):
+        harness_run()
+        raw_run()
+    floor = max(1, budget.min_calls // blocks)
+    per_pair = Budget(seconds=budget.seconds / blocks, min_calls=floor,
+                      max_calls=None if budget.max_calls is None else max(floor, budget.max_calls // blocks))
     harness, bare = [], []
-    for _ in range(blocks):
-        row = benchmark({"harness": harness_run}, batch_size=1, warmup=warmup, budget=budget, progress=False)[0]
+
+    def timed_harness() -> int:
+        row = benchmark({"harness": harness_run}, batch_size=1, warmup=0, budget=per_pair, progress=False)[0]
         harness.append(row["mean_ms"])
-        for _ in range(warmup):
-            raw_run()
+        return row["calls"]
+
+    def bare_loop(calls: int) -> None:
         start = time.perf_counter()
-        for _ in range(row["calls"]):
+        for _ in range(calls):
             raw_run()
-        bare.append((time.perf_counter() - start) * 1000.0 / row["calls"])
-    h, b = float(np.median(harness)), float(np.median(bare))
-    return {"candidate": "harness vs bare loop", "calls": row["calls"], "blocks": blocks, "harness_ms": h,
-            "bare_ms": b, "mean_ms": h, "overhead_pct": 100.0 * (h - b) / b}
+        bare.append((time.perf_counter() - start) * 1000.0 / calls)
+
+    calls = []
+    for pair in range(blocks):
+        if pair % 2 == 0:
+            calls.append(timed_harness())
+            bare_loop(calls[-1])
+        else:  # the bare loop first, with as many calls as the last harness block had
+            bare_loop(calls[-1])
+            calls.append(timed_harness())
+    differences = 100.0 * (np.array(harness) - np.array(bare)) / np.array(bare)
+    low, high = np.percentile(differences, [25, 75])
+    row = {"candidate": "harness vs bare loop", "calls": int(sum(calls)), "blocks": blocks,
+           "harness_ms": float(np.median(harness)), "bare_ms": float(np.median(bare)),
+           "mean_ms": float(np.median(harness)), "overhead_pct": float(np.median(differences)),
+           "overhead_iqr_pct": float(high - low)}
+    if stub_run is not None:
+        own = benchmark({"stub": stub_run}, batch_size=1, warmup=warmup, progress=False,
+                        budget=Budget(seconds=0.2, min_calls=100, max_calls=5000))[0]
+        row.update(own_us=own["mean_ms"] * 1000.0, own_pct=100.0 * own["mean_ms"] / row["bare_ms"])
+    return row
 
 
 def _status_mb(field: str) -> float | None:
