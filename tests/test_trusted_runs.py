@@ -70,13 +70,18 @@ def _cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
 
 def test_a_second_run_skips_every_stage_and_one_changed_notebook_reruns_it_and_its_dependents(
         smoke_copy, tmp_path, monkeypatch):
+    from zoobook import runner
     from zoobook.runner import run_model
 
     assert set(_states().values()) == {"ok"}, _states()
     before = {s: _record(smoke_copy, s)["started"] for s in _states()}
-    results = run_model(MODEL, profile="smoke", backend="auto")
+    warm = []
+    with monkeypatch.context() as patched:
+        patched.setattr(runner, "WarmKernel", lambda *args: warm.append(args))
+        results = run_model(MODEL, profile="smoke", backend="auto")
     assert all(r.skipped and r.status == "ok" for r in results), [(r.stage, r.status, r.error) for r in results]
     assert {s: _record(smoke_copy, s)["started"] for s in before} == before
+    assert warm == []  # no kernel is started ahead for stages that are skipped
 
     # a project whose 04-infer notebook differs by one comment
     project = tmp_path / "project"

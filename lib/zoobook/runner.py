@@ -33,6 +33,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +46,7 @@ from zoobook.models import get_port, get_spec
 from zoobook.paths import check_profile, model_run_dir, project_root
 from zoobook.records import StageRecorder, read_record, record_path
 from zoobook.stages.spec import StageIO
+from zoobook.warm import KERNEL_ARGUMENTS, WarmKernel, kernel_env, warm_imports
 
 KERNEL_NAME = "zoobook"
 #: tqdm reads TQDM_* when it is imported: imported here, before the runner sets TQDM_DISABLE
@@ -356,9 +358,12 @@ def _write_status(ctx: _Model, stage: str, status: str, parameters: dict, error:
 def run_stage(model: str, stage: str, *, profile: str = "default", backend: str = "auto",
               overrides: dict | None = None, kernel: str | None = None, timeout: int | None = 3600,
               progress: bool = False, force: bool = True, _ctx: _Model | None = None,
-              _earlier: dict[str, StageState] | None = None) -> StageResult:
+              _earlier: dict[str, StageState] | None = None, _warm: WarmKernel | None = None,
+              _starting: Callable[[], None] | None = None) -> StageResult:
     """Run one stage (see the module's docstring); with ``force`` off, skip it when up to date.
-    The caller holds the model's lock (:func:`run_model` does)."""
+    The caller holds the model's lock (:func:`run_model` does). ``_warm``: a kernel started
+    ahead for this stage, used where it fits (the caller shuts it down); ``_starting`` is
+    called just before the notebook runs (not when the stage is skipped or blocked)."""
     import papermill
 
     ctx = _ctx or _Model(model, profile, backend)
@@ -393,14 +398,17 @@ def run_stage(model: str, stage: str, *, profile: str = "default", backend: str 
     _write_status(ctx, stage, "running", parameters, host=socket.gethostname(), pid=os.getpid())
     if not resumable:
         _set_aside(ctx, stage)
+    kernel = kernel or default_kernel()
+    ready = {"km": _warm.km} if _warm is not None and _warm.fits(kernel, source.parent, kernel_env()) else {}
+    if _starting:
+        _starting()
     quiet = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # the kernel inherits it: no progress bars in executed notebooks
     status, message = "ok", None
     try:
-        papermill.execute_notebook(str(source), str(output), parameters=parameters,
-                                   kernel_name=kernel or default_kernel(), cwd=str(source.parent),
-                                   execution_timeout=timeout, progress_bar=progress, log_output=False,
-                                   extra_arguments=["--log-level=CRITICAL"])
+        papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel,
+                                   cwd=str(source.parent), execution_timeout=timeout, progress_bar=progress,
+                                   log_output=False, extra_arguments=list(KERNEL_ARGUMENTS), **ready)
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted (SIGINT or SIGTERM)"
     except Exception as err:  # papermill keeps the executed notebook with the error in it
@@ -458,28 +466,54 @@ def chosen_stages(model: str, stages: list[str] | None) -> list[str]:
 def run_model(model: str, stages: list[str] | None = None, *, profile: str = "default", backend: str = "auto",
               overrides: dict | None = None, force: bool = False, wait: bool = False,
               on_start: Callable[[str, str], None] | None = None,
-              on_done: Callable[[StageResult], None] | None = None, **options) -> list[StageResult]:
+              on_done: Callable[[StageResult], None] | None = None, warm_ahead: bool = True,
+              **options) -> list[StageResult]:
     """Run ``stages`` (all by default) of ``model`` in order under its lock, skipping those up
     to date unless ``force``; a failure does not stop the rest (stages downstream of it are
-    blocked). SIGINT/SIGTERM record the running stage as interrupted and stop the run."""
+    blocked). SIGINT/SIGTERM record the running stage as interrupted and stop the run.
+    ``warm_ahead``: while a stage that times nothing runs, start the next one's kernel beside
+    it (:mod:`zoobook.warm`)."""
     chosen = chosen_stages(model, stages)
     check_overrides(model, chosen, overrides)
     results = []
+    warm: dict[str, WarmKernel] = {}  # stage -> its kernel, started while the stage before it ran
     with ModelLock(profile, model, wait=wait), _sigterm_interrupts():
         ctx = _Model(model, profile, backend)
         recover(ctx)
         states: dict[str, StageState] = {}
-        for stage in ctx.spec.stages:
-            if stage in chosen:
-                if on_start:
-                    on_start(model, stage)
-                result = run_stage(model, stage, profile=profile, backend=backend, overrides=overrides,
-                                   force=force, _ctx=ctx, _earlier=states, **options)
-                results.append(result)
-                if on_done:
-                    on_done(result)
-            states[stage] = ctx.state(stage, states)
+        order = [stage for stage in ctx.spec.stages if stage in chosen]
+        try:
+            for stage in ctx.spec.stages:
+                if stage in chosen:
+                    if on_start:
+                        on_start(model, stage)
+                    following = order[order.index(stage) + 1:][:1]
+                    ahead = (partial(_warm_kernel, warm, model, following[0], options.get("kernel"))
+                             if warm_ahead and following and not ctx.io(stage).timed else None)
+                    result = run_stage(model, stage, profile=profile, backend=backend, overrides=overrides,
+                                       force=force, _ctx=ctx, _earlier=states, _warm=warm.get(stage),
+                                       _starting=ahead, **options)
+                    if stage in warm:
+                        warm.pop(stage).shutdown()
+                    results.append(result)
+                    if on_done:
+                        on_done(result)
+                states[stage] = ctx.state(stage, states)
+        finally:
+            for kernel in warm.values():
+                kernel.shutdown()
     return results
+
+
+def _warm_kernel(into: dict[str, WarmKernel], model: str, stage: str, kernel: str | None) -> None:
+    """Start a kernel now for ``stage`` (:mod:`zoobook.warm`) into ``into``; where that fails
+    the stage starts its own kernel."""
+    try:
+        into[stage] = WarmKernel(kernel or default_kernel(), notebook_path(model, stage).parent, kernel_env(),
+                                 warm_imports(model))
+    except Exception as err:  # noqa: BLE001 - a kernel started early only saves time
+        print(f"zoobook: could not start {model} {stage}'s kernel ahead ({_short_error(err)}); "
+              "it will start its own", file=sys.stderr)
 
 
 class _sigterm_interrupts:
@@ -528,8 +562,6 @@ def run_chains(models: list[str], stages: list[str] | None = None, *, jobs: int 
                 for result in found[model] if on_done else ():
                     on_done(result)
         return found
-    from functools import partial
-
     from zoobook.backends import capabilities
     from zoobook.parallel import Step, StepError
     from zoobook.parallel import run_chains as run_parallel

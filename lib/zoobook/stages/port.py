@@ -192,12 +192,13 @@ class Port:
                                   writes=tuple(dict.fromkeys((*compiled, *emulated)))),
             "04-infer": StageIO("04-infer", ("01-data", "02-export", "03-convert"),
                                 reads=tuple(dict.fromkeys((*data, *onnx, *compiled, *emulated))),
-                                writes=tuple(dict.fromkeys((*outputs, *emulated_outputs))), resumable=True),
+                                writes=tuple(dict.fromkeys((*outputs, *emulated_outputs))), resumable=True,
+                                timed=True),
             "05-evaluate": StageIO("05-evaluate", ("01-data", "02-export", "04-infer"),
                                    reads=tuple(dict.fromkeys((*data, *onnx, *outputs, *emulated_outputs))),
                                    writes=self.evaluate_files, inputs=dataset),
             "06-benchmark": StageIO("06-benchmark", ("01-data", "02-export", "03-convert"),
-                                    reads=(*data, *onnx, *compiled)),
+                                    reads=(*data, *onnx, *compiled), timed=True),
         }
         io.update(self.extra_stage_io())
         if stage not in io:

@@ -189,7 +189,8 @@ class StageIO:
     (relative to the project: real data and weights under ``data/``); ``parameters``, the
     names of its notebook's parameters that change its result; ``resumable``, whether it keeps
     its finished items across an interruption (an interrupted run resumes them) rather than
-    being undone as a whole."""
+    being undone as a whole; ``timed``, whether its figures include speeds, so that the runner
+    starts nothing beside it (:mod:`zoobook.warm`)."""
 
     stage: str
     upstream: tuple[str, ...] = ()
@@ -198,6 +199,7 @@ class StageIO:
     inputs: tuple[str, ...] = ()
     parameters: tuple[str, ...] = ()
     resumable: bool = False
+    timed: bool = False
 
     def paths(self, backend: str) -> dict[str, list[str]]:
         """``reads`` and ``writes`` with ``{backend}`` filled in."""

@@ -1,0 +1,74 @@
+"""Stage kernels started ahead of their stage.
+
+Starting a stage's kernel and importing the library (torch, ONNX Runtime, matplotlib) takes
+3 to 4 s on 2 cores, and a default book runs 25 stages. While a stage whose figures are not
+timings runs (:attr:`~zoobook.stages.spec.StageIO.timed` is False), :func:`zoobook.runner.run_model`
+starts the next stage's kernel beside it (:class:`WarmKernel`) and has it import the library;
+the next stage's notebook then runs in that kernel, handed to papermill as its kernel manager.
+
+The kernel is the one papermill would have started: the same kernel spec, working folder,
+environment and arguments. Nothing runs in it before the notebook but the imports, sent
+silently (no history, no execution count: the notebook's first cell is still number 1).
+A warm kernel is used only by the stage it was started for and only where nothing about it
+changed (:meth:`WarmKernel.fits`); otherwise, or when its process has died, it is shut down
+and papermill starts a fresh kernel as before. Beside a timed stage nothing is started, so
+that its speeds are measured on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: the arguments the runner gives papermill for every stage's kernel
+KERNEL_ARGUMENTS = ("--log-level=CRITICAL",)
+#: what nbclient adds when it starts an IPython kernel itself (its ``ipython_hist_file`` default)
+NBCLIENT_ARGUMENTS = ("--HistoryManager.hist_file=:memory:",)
+
+
+def warm_imports(model: str) -> str:
+    """The code a warm kernel runs first: the modules the stage notebooks of ``model`` import,
+    imported into a namespace of its own, so that the notebook's finds no name it did not bind."""
+    modules = ("zoobook.plots", "zoobook.records", "zoobook.stages.steps", "zoobook.tables", f"zoobook.models.{model}")
+    return f"exec({'import ' + ', '.join(modules)!r}, {{}})"
+
+
+class WarmKernel:
+    """A kernel started now for a stage that runs later, importing ``code`` meanwhile."""
+
+    def __init__(self, kernel_name: str, cwd: str | Path, env: dict[str, str], code: str) -> None:
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
+
+        self.kernel_name, self.cwd, self.env = kernel_name, str(cwd), dict(env)
+        self.km = AsyncKernelManager(kernel_name=kernel_name)
+        run_sync(self.km.start_kernel)(cwd=self.cwd, env=self.env, extra_arguments=[*KERNEL_ARGUMENTS, *NBCLIENT_ARGUMENTS])
+        # sent now and run as soon as the kernel listens; the stage's client, which asks the
+        # kernel whether it is ready, is answered after the imports
+        self._client = self.km.blocking_client()
+        self._client.start_channels()
+        self._client.execute(code, silent=True, store_history=False)
+
+    def fits(self, kernel_name: str, cwd: str | Path, env: dict[str, str]) -> bool:
+        """Whether this kernel is the one papermill would start now, and still alive."""
+        from jupyter_core.utils import run_sync
+
+        same = (kernel_name, str(cwd), dict(env)) == (self.kernel_name, self.cwd, self.env)
+        return same and bool(run_sync(self.km.is_alive)())
+
+    def shutdown(self) -> None:
+        """Stop the kernel (as papermill does after a notebook: asked first, killed if it
+        does not go) and close the connections."""
+        from jupyter_core.utils import run_sync
+
+        self._client.stop_channels()
+        try:
+            if run_sync(self.km.is_alive)():
+                run_sync(self.km.shutdown_kernel)()
+        finally:
+            run_sync(self.km.cleanup_resources)()
+
+
+def kernel_env() -> dict[str, str]:
+    """The environment a stage's kernel starts with: the runner's, without progress bars."""
+    return {**os.environ, "TQDM_DISABLE": "1"}
