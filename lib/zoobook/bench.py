@@ -101,11 +101,10 @@ def bare_loop_overhead(harness_run: Callable[[], object], raw_run: Callable[[], 
     call) against ``raw_run`` (the runtime's own call, e.g. ``InferenceSession.run``) in a
     bare loop timed as a whole, in ``blocks`` pairs of blocks of the same number of calls
     (``budget``'s seconds and calls split over the pairs, at least one call a block; which
-    loop goes first alternates), so that the
-    machine's drift falls on both halves of a pair. ``overhead_pct`` is the median over the
-    pairs of (harness - bare) / bare, ``overhead_iqr_pct`` the interquartile range of those
-    differences: on a graph of a few milliseconds a shared 2-core machine moves them by
-    several percent either way.
+    loop goes first alternates), so that the machine's drift falls on both halves of a pair.
+    ``overhead_pct`` is the median over the pairs of (harness - bare) / bare,
+    ``overhead_iqr_pct`` the interquartile range of those differences: on a graph of a few
+    milliseconds a shared 2-core machine moves them by several percent either way.
 
     Directly: with ``stub_run`` (the same wrapper over a stand-in for the runtime's call that
     returns recorded outputs at once) timed through :func:`benchmark` too, ``own_us`` is what

@@ -28,7 +28,7 @@ NBCLIENT_ARGUMENTS = ("--HistoryManager.hist_file=:memory:",)
 
 def warm_imports(model: str) -> str:
     """The code a warm kernel runs first: the modules the stage notebooks of ``model`` import,
-    imported into a namespace of its own, so that the notebook's finds no name it did not bind."""
+    imported into a namespace of its own, so that the notebook finds no name it did not bind."""
     modules = ("zoobook.plots", "zoobook.records", "zoobook.stages.steps", "zoobook.tables", f"zoobook.models.{model}")
     return f"exec({'import ' + ', '.join(modules)!r}, {{}})"
 
@@ -42,7 +42,8 @@ class WarmKernel:
 
         self.kernel_name, self.cwd, self.env = kernel_name, str(cwd), dict(env)
         self.km = AsyncKernelManager(kernel_name=kernel_name)
-        run_sync(self.km.start_kernel)(cwd=self.cwd, env=self.env, extra_arguments=[*KERNEL_ARGUMENTS, *NBCLIENT_ARGUMENTS])
+        arguments = [*KERNEL_ARGUMENTS, *NBCLIENT_ARGUMENTS]
+        run_sync(self.km.start_kernel)(cwd=self.cwd, env=self.env, extra_arguments=arguments)
         # sent now and run as soon as the kernel listens; the stage's client, which asks the
         # kernel whether it is ready, is answered after the imports
         self._client = self.km.blocking_client()
