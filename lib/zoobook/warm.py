@@ -37,11 +37,11 @@ class WarmKernel:
     """A kernel started now for a stage that runs later, importing ``code`` meanwhile."""
 
     def __init__(self, kernel_name: str, cwd: str | Path, env: dict[str, str], code: str) -> None:
-        from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
 
         self.kernel_name, self.cwd, self.env = kernel_name, str(cwd), dict(env)
-        self.km = AsyncKernelManager(kernel_name=kernel_name)
+        self._clients: list = []
+        self.km = _manager(kernel_name, self._clients)
         arguments = [*KERNEL_ARGUMENTS, *NBCLIENT_ARGUMENTS]
         run_sync(self.km.start_kernel)(cwd=self.cwd, env=self.env, extra_arguments=arguments)
         # sent now and run as soon as the kernel listens; the stage's client, which asks the
@@ -62,12 +62,28 @@ class WarmKernel:
         does not go) and close the connections."""
         from jupyter_core.utils import run_sync
 
-        self._client.stop_channels()
+        for client in (self._client, *self._clients):
+            client.stop_channels()
         try:
             if run_sync(self.km.is_alive)():
                 run_sync(self.km.shutdown_kernel)()
         finally:
             run_sync(self.km.cleanup_resources)()
+
+
+def _manager(kernel_name: str, clients: list):
+    """An ``AsyncKernelManager`` that keeps in ``clients`` the clients it makes: nbclient does
+    not close the one it makes for a kernel manager it was handed (13 file descriptors a
+    stage, measured), so :meth:`WarmKernel.shutdown` does."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class Manager(AsyncKernelManager):
+        def client(self, **kwargs):
+            made = super().client(**kwargs)
+            clients.append(made)
+            return made
+
+    return Manager(kernel_name=kernel_name)
 
 
 def kernel_env() -> dict[str, str]:
