@@ -60,9 +60,17 @@ class _FakeWarm:
     def __init__(self, kernel_name, cwd, env, code) -> None:
         self.stage_folder = Path(cwd).name
         self.code = code
+        self.settled = self.asked = self.gone = False
         _FakeWarm.started.append(self)
 
+    def settle(self) -> None:
+        self.settled = True
+
+    def stop(self) -> None:
+        self.asked = True
+
     def shutdown(self) -> None:
+        self.asked = self.gone = True
         _FakeWarm.stopped.append(self)
 
 
@@ -74,8 +82,12 @@ def test_the_next_kernel_starts_only_beside_a_stage_that_times_nothing(skip, tmp
     monkeypatch.setattr(_FakeWarm, "stopped", [])
     seen = []
 
+    quiet = {}
+
     def fake_stage(model, stage, *, _warm=None, _starting=None, **options):
         warm_count = len(_FakeWarm.started)
+        # what runs beside the stage as it starts: kernels still importing, kernels still exiting
+        quiet[stage] = not any((w.asked and not w.gone) or not (w.asked or w.settled) for w in _FakeWarm.started)
         if _starting and not skip:  # a stage skipped as up to date never calls it
             _starting()
         seen.append((stage, _warm, _FakeWarm.started[warm_count:]))
@@ -87,17 +99,22 @@ def test_the_next_kernel_starts_only_beside_a_stage_that_times_nothing(skip, tmp
     if skip:
         assert _FakeWarm.started == []
         return
-    # 00-train, 04-infer and 06-benchmark time things: nothing starts beside them
+    # 00-train, 04-infer and 06-benchmark time things: nothing starts beside them, so 05-evaluate's
+    # kernel starts beside 03-convert with 04-infer's
     assert {stage: len(new) for stage, new in started.items()} == {
-        "00-train": 0, "01-data": 1, "02-export": 1, "03-convert": 1, "04-infer": 0, "05-evaluate": 1,
+        "00-train": 0, "01-data": 1, "02-export": 1, "03-convert": 2, "04-infer": 0, "05-evaluate": 1,
         "06-benchmark": 0}
     handed = {stage: warm for stage, warm, _ in seen}
-    for before, after in (("01-data", "02-export"), ("02-export", "03-convert"), ("03-convert", "04-infer"),
-                          ("05-evaluate", "06-benchmark")):
-        assert handed[after] is started[before][0]  # the kernel started beside a stage goes to the next one
-    assert handed["00-train"] is None and handed["01-data"] is None and handed["05-evaluate"] is None
+    for before, after, index in (("01-data", "02-export", 0), ("02-export", "03-convert", 0),
+                                 ("03-convert", "04-infer", 0), ("03-convert", "05-evaluate", 1),
+                                 ("05-evaluate", "06-benchmark", 0)):
+        assert handed[after] is started[before][index]  # each kernel goes to the stage it was started for
+    assert handed["00-train"] is None and handed["01-data"] is None
     assert all(w.code == warm_imports("siammask") and w.stage_folder == "siammask" for w in _FakeWarm.started)
     assert sorted(map(id, _FakeWarm.stopped)) == sorted(map(id, _FakeWarm.started))  # each stopped once
+    # a timed stage starts with every kernel settled and none exiting; an untimed one need not wait
+    assert quiet["00-train"] and quiet["04-infer"] and quiet["06-benchmark"]
+    assert not quiet["03-convert"]  # 02-export's kernel is still exiting (the fake never finishes alone)
 
 
 def test_a_kernel_started_for_a_stage_that_does_not_come_is_stopped(tmp_path, monkeypatch):
@@ -141,3 +158,24 @@ def test_a_warm_kernel_leaves_no_connection_open(tmp_path):
         warm.shutdown()
         open_fds.append(len(os.listdir("/proc/self/fd")))
     assert open_fds[2] <= open_fds[0], open_fds
+
+
+def test_settle_waits_for_the_imports_and_stop_does_not_wait_for_the_exit(tmp_path):
+    from jupyter_core.utils import run_sync
+
+    marker = tmp_path / "imported"
+    # imports that take a second, and an exit that takes two (as torch's teardown takes 1.5 s)
+    code = (f"import atexit, time; time.sleep(1); open({str(marker)!r}, 'w').close(); "
+            "atexit.register(time.sleep, 2)")
+    kernel, env = runner.default_kernel(), kernel_env()
+    warm = WarmKernel(kernel, tmp_path, env, code)
+    try:
+        warm.settle()
+        assert marker.exists()  # the imports have run: the kernel is idle from here on
+        warm.stop()
+        assert run_sync(warm.km.is_alive)()  # asked to exit, still tearing down: stop did not wait
+    finally:
+        warm.reap()
+    assert not run_sync(warm.km.is_alive)() and not warm.fits(kernel, tmp_path, env)  # gone
+    warm.reap()  # a second reap (and a shutdown after it) does nothing
+    warm.shutdown()

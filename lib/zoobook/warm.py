@@ -1,18 +1,23 @@
 """Stage kernels started ahead of their stage.
 
 Starting a stage's kernel and importing the library (torch, ONNX Runtime, matplotlib) takes
-3 to 4 s on 2 cores, and a default book runs 25 stages. While a stage whose figures are not
+3 to 5 s on 2 cores, and a default book runs 25 stages. While a stage whose figures are not
 timings runs (:attr:`~zoobook.stages.spec.StageIO.timed` is False), :func:`zoobook.runner.run_model`
-starts the next stage's kernel beside it (:class:`WarmKernel`) and has it import the library;
-the next stage's notebook then runs in that kernel, handed to papermill as its kernel manager.
+starts the kernels of the stages after it, up to the next such stage, beside it
+(:class:`WarmKernel`) and has each import the library; each stage's notebook then runs in its
+kernel, handed to papermill as its kernel manager. After the stage the kernel is asked to exit
+(:meth:`WarmKernel.stop`) and reaped later (:meth:`WarmKernel.reap`), so that the next stage
+need not wait for torch's 1.5 s teardown.
 
 The kernel is the one papermill would have started: the same kernel spec, working folder,
 environment and arguments. Nothing runs in it before the notebook but the imports, sent
 silently (no history, no execution count: the notebook's first cell is still number 1).
 A warm kernel is used only by the stage it was started for and only where nothing about it
 changed (:meth:`WarmKernel.fits`); otherwise, or when its process has died, it is shut down
-and papermill starts a fresh kernel as before. Beside a timed stage nothing is started, so
-that its speeds are measured on a quiet machine.
+and papermill starts a fresh kernel as before. Beside a timed stage nothing is started, and
+before one the runner waits until every kernel has finished its imports
+(:meth:`WarmKernel.settle`) and every kernel asked to exit is gone, so that its speeds are
+measured on a quiet machine.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ class WarmKernel:
         # kernel whether it is ready, is answered after the imports
         self._client = self.km.blocking_client()
         self._client.start_channels()
-        self._client.execute(code, silent=True, store_history=False)
+        self._imports: str | None = self._client.execute(code, silent=True, store_history=False)
+        self._stopping = self._reaped = False
 
     def fits(self, kernel_name: str, cwd: str | Path, env: dict[str, str]) -> bool:
         """Whether this kernel is the one papermill would start now, and still alive."""
@@ -57,18 +63,54 @@ class WarmKernel:
         same = (kernel_name, str(cwd), dict(env)) == (self.kernel_name, self.cwd, self.env)
         return same and bool(run_sync(self.km.is_alive)())
 
-    def shutdown(self) -> None:
-        """Stop the kernel (as papermill does after a notebook: asked first, killed if it
-        does not go) and close the connections."""
+    def settle(self, timeout: float = 120.0) -> None:
+        """Wait until the kernel has run the imports (at most ``timeout`` seconds): from then on
+        it sits idle until its stage, so that a timed stage run meanwhile has the CPU to itself."""
+        import queue
+
+        while self._imports is not None:
+            try:
+                reply = self._client.get_shell_msg(timeout=timeout)
+            except queue.Empty:
+                break  # not answering: papermill will find out
+            if reply.get("parent_header", {}).get("msg_id") == self._imports:
+                break
+        self._imports = None
+
+    def stop(self) -> None:
+        """Close the connections and ask the kernel to exit, without waiting for it: a kernel
+        that imported torch takes about 1.5 s to tear its interpreter down, time the next
+        stage can use. :meth:`reap` then waits for it to be gone."""
         from jupyter_core.utils import run_sync
 
+        if self._stopping or self._reaped:
+            return
         for client in (self._client, *self._clients):
             client.stop_channels()
+        self._stopping = True
+        if run_sync(self.km.is_alive)():
+            self.km.shutting_down = True
+            run_sync(self.km.request_shutdown)()
+
+    def reap(self) -> None:
+        """Wait for the kernel :meth:`stop` asked to exit (killed if it has not within the
+        manager's shutdown wait, as papermill's kernels are) and free what it held."""
+        from jupyter_core.utils import run_sync
+
+        if self._reaped:
+            return
+        self.stop()
+        self._reaped = True
         try:
             if run_sync(self.km.is_alive)():
-                run_sync(self.km.shutdown_kernel)()
+                run_sync(self.km.finish_shutdown)()
         finally:
             run_sync(self.km.cleanup_resources)()
+
+    def shutdown(self) -> None:
+        """Stop the kernel and wait until it is gone (as papermill does after a notebook)."""
+        self.stop()
+        self.reap()
 
 
 def _manager(kernel_name: str, clients: list):

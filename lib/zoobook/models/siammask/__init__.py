@@ -120,10 +120,13 @@ SPEC = ModelSpec(
         # rate) of 32 pairs, 4 steps each at batch 8, of which the 2 after the skipped ones are
         # timed: the curves, the unfreeze and both rates.
         # 01-data: one sequence of 380 frames, longer than both EAO intervals ([100, 356] and
-        # [108, 371]), so each is averaged over its whole range; three trackers run over it in 04
+        # [108, 371]), so each is averaged over its whole range; three trackers run over it in 04.
+        # The demo clip's first 40 frames of 70: each demo frame costs about 1.7 s of the book
+        # (two tracks in 04, two lock-steps and the animation in 05; stop 29's book runs)
         # 06-benchmark: a second of calls per graph (5 at least), 10 frames per whole-tracker round
         # and 5 through the deployment loops: each call is well under a second
-        "default": {"00-train": {"epochs": 4, "pairs": 32}, "01-data": {"num_sequences": 1, "num_frames": 380},
+        "default": {"00-train": {"epochs": 4, "pairs": 32},
+                    "01-data": {"num_sequences": 1, "num_frames": 380, "demo_frames": 40},
                     "03-convert": {"locate": True},
                     "06-benchmark": {"seconds": 1.0, "tracker_frames": 10, "host_items": 5}},
         "full": {"00-train": {"require_real": True}, "01-data": {"num_sequences": 0, "require_real": True},
