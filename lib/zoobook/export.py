@@ -113,15 +113,13 @@ def _prod(values) -> int:
 
 def pin_batches(source: str | Path, targets: dict[int, str | Path], *, processes: int | None = None) -> dict[int, dict]:
     """:func:`pin_batch` of ``source`` at each batch size of ``targets`` (batch size -> file),
-    up to ``processes`` at once (default: all of them where this process may use two CPU
-    threads or more). onnxsim simplifies on one core and holds the GIL while it does, so each
-    runs in a process of its own (spawned: a forked copy of a process that has run OpenMP may
-    hang); one at a time where only one core or one batch size is there. All at once rather
-    than one per core: three equal pins on two cores then take one and a half pins' time
-    instead of two (SeMask's three took 46 s one per core, 20 s each alone)."""
+    up to ``processes`` at once (default: the CPU threads this process may use). onnxsim
+    simplifies on one core and holds the GIL while it does, so each runs in a process of its own
+    (spawned: a forked copy of a process that has run OpenMP may hang); one at a time where only
+    one core or one batch size is there."""
     from zoobook.backends.base import cpu_threads
 
-    workers = min(len(targets), processes or (len(targets) if cpu_threads() > 1 else 1))
+    workers = min(len(targets), processes or cpu_threads())
     if workers < 2:
         return {bs: pin_batch(source, target, bs) for bs, target in targets.items()}
     import multiprocessing

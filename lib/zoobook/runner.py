@@ -471,13 +471,14 @@ def run_model(model: str, stages: list[str] | None = None, *, profile: str = "de
     """Run ``stages`` (all by default) of ``model`` in order under its lock, skipping those up
     to date unless ``force``; a failure does not stop the rest (stages downstream of it are
     blocked). SIGINT/SIGTERM record the running stage as interrupted and stop the run.
-    ``warm_ahead``: while a stage that times nothing runs, start the kernels of the stages
-    after it beside it (:mod:`zoobook.warm`, :func:`_stages_ahead`); a stage's kernel is asked
-    to exit when the stage ends, and every kernel is settled and gone before a timed stage."""
+    ``warm_ahead``: while a stage that times nothing runs, start the next one's kernel beside
+    it (:mod:`zoobook.warm`); a stage's kernel is asked to exit when the stage ends, and before
+    a timed stage every kernel started ahead has finished its imports and every one asked to
+    exit is gone."""
     chosen = chosen_stages(model, stages)
     check_overrides(model, chosen, overrides)
     results = []
-    warm: dict[str, WarmKernel] = {}  # stage -> its kernel, started while a stage before it ran
+    warm: dict[str, WarmKernel] = {}  # stage -> its kernel, started while the stage before it ran
     stopping: list[WarmKernel] = []  # asked to exit after their stage, not yet reaped
     with ModelLock(profile, model, wait=wait), _sigterm_interrupts():
         ctx = _Model(model, profile, backend)
@@ -493,8 +494,9 @@ def run_model(model: str, stages: list[str] | None = None, *, profile: str = "de
                         for kernel in warm.values():
                             kernel.settle()
                         _reap(stopping)
-                    following = _stages_ahead(ctx, order, stage) if warm_ahead and not ctx.io(stage).timed else []
-                    ahead = partial(_warm_kernels, warm, model, following, options.get("kernel")) if following else None
+                    following = order[order.index(stage) + 1:][:1]
+                    ahead = (partial(_warm_kernel, warm, model, following[0], options.get("kernel"))
+                             if warm_ahead and following and not ctx.io(stage).timed else None)
                     result = run_stage(model, stage, profile=profile, backend=backend, overrides=overrides,
                                        force=force, _ctx=ctx, _earlier=states, _warm=warm.get(stage),
                                        _starting=ahead, **options)
@@ -511,30 +513,15 @@ def run_model(model: str, stages: list[str] | None = None, *, profile: str = "de
     return results
 
 
-def _stages_ahead(ctx: _Model, order: list[str], stage: str) -> list[str]:
-    """The stages whose kernels start beside ``stage`` (one that times nothing): those after
-    it up to the first that times nothing either. So a stage right after a timed one (05
-    after 04-infer) gets a kernel too, started two stages early, idle through the timed one."""
-    ahead = []
-    for later in order[order.index(stage) + 1:]:
-        ahead.append(later)
-        if not ctx.io(later).timed:
-            break
-    return ahead
-
-
-def _warm_kernels(into: dict[str, WarmKernel], model: str, stages: list[str], kernel: str | None) -> None:
-    """Start a kernel now for each of ``stages`` not given one yet (:mod:`zoobook.warm`) into
-    ``into``; where that fails the stage starts its own kernel."""
-    for stage in stages:
-        if stage in into:
-            continue
-        try:
-            into[stage] = WarmKernel(kernel or default_kernel(), notebook_path(model, stage).parent, kernel_env(),
-                                     warm_imports(model))
-        except Exception as err:  # noqa: BLE001 - a kernel started early only saves time
-            print(f"zoobook: could not start {model} {stage}'s kernel ahead ({_short_error(err)}); "
-                  "it will start its own", file=sys.stderr)
+def _warm_kernel(into: dict[str, WarmKernel], model: str, stage: str, kernel: str | None) -> None:
+    """Start a kernel now for ``stage`` (:mod:`zoobook.warm`) into ``into``; where that fails
+    the stage starts its own kernel."""
+    try:
+        into[stage] = WarmKernel(kernel or default_kernel(), notebook_path(model, stage).parent, kernel_env(),
+                                 warm_imports(model))
+    except Exception as err:  # noqa: BLE001 - a kernel started early only saves time
+        print(f"zoobook: could not start {model} {stage}'s kernel ahead ({_short_error(err)}); "
+              "it will start its own", file=sys.stderr)
 
 
 def _reap(kernels: list[WarmKernel]) -> None:

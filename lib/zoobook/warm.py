@@ -3,11 +3,11 @@
 Starting a stage's kernel and importing the library (torch, ONNX Runtime, matplotlib) takes
 3 to 5 s on 2 cores, and a default book runs 25 stages. While a stage whose figures are not
 timings runs (:attr:`~zoobook.stages.spec.StageIO.timed` is False), :func:`zoobook.runner.run_model`
-starts the kernels of the stages after it, up to the next such stage, beside it
-(:class:`WarmKernel`) and has each import the library; each stage's notebook then runs in its
-kernel, handed to papermill as its kernel manager. After the stage the kernel is asked to exit
-(:meth:`WarmKernel.stop`) and reaped later (:meth:`WarmKernel.reap`), so that the next stage
-need not wait for torch's 1.5 s teardown.
+starts the next stage's kernel beside it (:class:`WarmKernel`) and has it import the library;
+the next stage's notebook then runs in that kernel, handed to papermill as its kernel
+manager. After the stage the kernel is asked to exit (:meth:`WarmKernel.stop`) and reaped
+later (:meth:`WarmKernel.reap`), so that the next stage need not wait for torch's 1.5 s
+teardown.
 
 The kernel is the one papermill would have started: the same kernel spec, working folder,
 environment and arguments. Nothing runs in it before the notebook but the imports, sent
