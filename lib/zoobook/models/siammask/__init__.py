@@ -117,15 +117,16 @@ SPEC = ModelSpec(
                   "06-benchmark": {"seconds": 0.2, "min_calls": 2, "warmup": 1, "tracker_frames": 3,
                                    "host_items": 3}},
         # 00-train: 4 epochs (the warm-up one and one more frozen, 2 with the trunk at the decaying
-        # rate) of 32 pairs, 4 steps each at batch 8, of which the 2 after the skipped ones are
-        # timed: the curves, the unfreeze and both rates.
+        # rate) of 24 pairs, 4 steps each at batch 6 (3 a process on 2), of which the 2 after the
+        # skipped ones are timed: the curves, the unfreeze and both rates. A step's time goes with
+        # its batch: batch 8 took 4.8 s frozen and 12.5 s with the trunk training (stop 30)
         # 01-data: one sequence of 380 frames, longer than both EAO intervals ([100, 356] and
         # [108, 371]), so each is averaged over its whole range; three trackers run over it in 04.
         # The demo clip's first 40 frames of 70: each demo frame costs about 1.7 s of the book
         # (two tracks in 04, two lock-steps and the animation in 05; stop 29's book runs)
         # 06-benchmark: a second of calls per graph (5 at least), 10 frames per whole-tracker round
         # and 5 through the deployment loops: each call is well under a second
-        "default": {"00-train": {"epochs": 4, "pairs": 32},
+        "default": {"00-train": {"epochs": 4, "pairs": 24, "batch_size": 6},
                     "01-data": {"num_sequences": 1, "num_frames": 380, "demo_frames": 40},
                     "03-convert": {"locate": True},
                     "06-benchmark": {"seconds": 1.0, "tracker_frames": 10, "host_items": 5}},
