@@ -88,8 +88,9 @@ class WarmKernel:
         for client in (self._client, *self._clients):
             client.stop_channels()
         self._stopping = True
-        if run_sync(self.km.is_alive)():
-            self.km.shutting_down = True
+        if run_sync(self.km.is_alive)():  # as the manager's own shutdown: interrupted first, in case
+            self.km.shutting_down = True  # a stage stopped by Ctrl-C left a cell running
+            run_sync(self.km.interrupt_kernel)()
             run_sync(self.km.request_shutdown)()
 
     def reap(self) -> None:
