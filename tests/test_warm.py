@@ -80,9 +80,7 @@ def test_the_next_kernel_starts_only_beside_a_stage_that_times_nothing(skip, tmp
     monkeypatch.setattr(runner, "WarmKernel", _FakeWarm)
     monkeypatch.setattr(_FakeWarm, "started", [])
     monkeypatch.setattr(_FakeWarm, "stopped", [])
-    seen = []
-
-    quiet = {}
+    seen, quiet = [], {}
 
     def fake_stage(model, stage, *, _warm=None, _starting=None, **options):
         warm_count = len(_FakeWarm.started)
