@@ -501,8 +501,9 @@ def run_model(model: str, stages: list[str] | None = None, *, profile: str = "de
                                        force=force, _ctx=ctx, _earlier=states, _warm=warm.get(stage),
                                        _starting=ahead, **options)
                     if stage in warm:
-                        stopping.append(warm.pop(stage))
-                        stopping[-1].stop()
+                        kernel = warm.pop(stage)
+                        kernel.stop()
+                        stopping.append(kernel)
                     results.append(result)
                     if on_done:
                         on_done(result)

@@ -6,8 +6,8 @@ timings runs (:attr:`~zoobook.stages.spec.StageIO.timed` is False), :func:`zoobo
 starts the next stage's kernel beside it (:class:`WarmKernel`) and has it import the library;
 the next stage's notebook then runs in that kernel, handed to papermill as its kernel
 manager. After the stage the kernel is asked to exit (:meth:`WarmKernel.stop`) and reaped
-later (:meth:`WarmKernel.reap`), so that the next stage need not wait for torch's 1.5 s
-teardown.
+later (:meth:`WarmKernel.reap`), so that the next stage need not wait for torch's teardown
+(about 1.5 s, measured in stop 29).
 
 The kernel is the one papermill would have started: the same kernel spec, working folder,
 environment and arguments. Nothing runs in it before the notebook but the imports, sent
@@ -78,9 +78,9 @@ class WarmKernel:
         self._imports = None
 
     def stop(self) -> None:
-        """Close the connections and ask the kernel to exit, without waiting for it: a kernel
-        that imported torch takes about 1.5 s to tear its interpreter down, time the next
-        stage can use. :meth:`reap` then waits for it to be gone."""
+        """Close the connections and ask the kernel to exit, without waiting for it: the
+        interpreter's teardown (see the module's docstring) is time the next stage can use.
+        :meth:`reap` then waits for it to be gone."""
         from jupyter_core.utils import run_sync
 
         if self._stopping or self._reaped:
